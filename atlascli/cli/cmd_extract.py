@@ -1,0 +1,51 @@
+"""`atlas extract`."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.table import Table
+
+from atlascli.cli.common import console, emit_json, parse_ints, throughput_bar
+
+
+def extract_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Zoo name, local folder/.gguf or HF id."),
+    layers: str = typer.Option(..., "--layers", "--layer", "-l", help="Comma-separated block indices, e.g. 3,12,19."),
+    site: str = typer.Option("resid", help="mlp (MLP neurons) | mlp_out | resid."),
+    dataset: str = typer.Option("default", "--dataset", "-d", help="Dataset id or name."),
+    split: str = typer.Option("train", help="train or test."),
+    sae: str | None = typer.Option(None, help="SAE (folder, atlas id or RELEASE:ID): store sparse codes."),
+    limit: int | None = typer.Option(None, help="Only the first N sentences."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    batch_tokens: int = typer.Option(2048, help="Token budget per batch."),
+    shard_size: int = typer.Option(2048, help="Sentences per shard (unit of resumption)."),
+    max_length: int = typer.Option(128, help="Truncate sentences to this many tokens."),
+    revision: str | None = typer.Option(None, help="Hub revision."),
+    trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the Hub."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Stream a dataset through a model and store max-pooled activations (resumable)."""
+    from atlascli.extract import ExtractConfig, extract
+
+    cfg = ExtractConfig(model=model, layers=parse_ints(layers, "layers"), site=site, dataset=dataset, split=split,
+                        sae=sae, limit=limit, device=device, dtype=dtype, batch_tokens=batch_tokens,
+                        shard_size=shard_size, max_length=max_length, revision=revision,
+                        trust_remote_code=trust_remote_code)
+    start = time.perf_counter()
+    with throughput_bar(f"extract {model}", total=limit or 1, quiet=json_out) as update:
+        art = extract(cfg, progress=lambda d, t, tok: update(d, t, tok))
+    secs = time.perf_counter() - start
+    if json_out:
+        emit_json({"id": art.id, "seconds": secs, "provenance": art.provenance, "meta": art.meta})
+        return
+    table = Table(title=f"activations {art.id}", show_header=False)
+    p = art.provenance
+    table.add_row("model", f"{p['model']} ({p['revision'][:24]})")
+    table.add_row("layers / site", f"{p['layers']} / {p['site']}" + (" (SAE codes, sparse)" if p["sparse"] else ""))
+    table.add_row("dataset", f"{p['dataset']} [{p['split']}], N = {p['n']:,}")
+    table.add_row("widths", str(art.meta["widths"]))
+    table.add_row("tokens", f"{art.meta['tokens']:,}")
+    console.print(table)

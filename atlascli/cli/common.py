@@ -1,0 +1,58 @@
+"""Shared CLI helpers: consoles, JSON output, progress bars with throughput, list parsing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from atlascli.errors import InputError
+
+console = Console()
+err = Console(stderr=True)
+
+
+def emit_json(obj: Any) -> None:
+    """Print machine-readable output on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """``"3,12,19"`` -> (3, 12, 19) with a clear error on junk."""
+    try:
+        values = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}", f"e.g. --{what} 3,12,19") from None
+    if not values:
+        raise InputError(f"no {what} given", f"e.g. --{what} 3,12,19")
+    return values
+
+
+@contextmanager
+def throughput_bar(description: str, total: int, unit: str = "sent",
+                   quiet: bool = False) -> Iterator[Callable[..., None]]:
+    """A Rich progress bar on stderr; yields ``update(done, total, tokens=None)``."""
+    if quiet:
+        yield lambda *a, **k: None
+        return
+    start = time.perf_counter()
+    rate = TextColumn("{task.fields[rate]}")
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), rate,
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    with progress:
+        task = progress.add_task(description, total=total, rate="")
+
+        def update(done: int, tot: int | None = None, tokens: int | None = None) -> None:
+            dt = max(time.perf_counter() - start, 1e-9)
+            text = f"{done / dt:,.0f} {unit}/s"
+            if tokens is not None:
+                text += f"  {tokens / dt:,.0f} tok/s"
+            progress.update(task, completed=done, total=tot or total, rate=text)
+
+        yield update

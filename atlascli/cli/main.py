@@ -1,0 +1,67 @@
+"""Entry point of `atlas`: builds the Typer app and turns AtlasErrors into one clear line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from atlascli.errors import AtlasError
+
+app = typer.Typer(name="atlas", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Align an unknown language model to a labeled Concept Atlas: extract, fit, search, steer, evaluate.")
+
+
+def _register() -> None:
+    from atlascli.cli import cmd_data, cmd_extract, cmd_fit, cmd_registry
+
+    app.add_typer(cmd_data.app, name="data")
+    app.add_typer(cmd_registry.app, name="registry")
+    app.command("models")(cmd_registry.models)
+    app.command("extract")(cmd_extract.extract_cmd)
+    app.command("fit")(cmd_fit.fit_cmd)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; ``--debug`` anywhere shows tracebacks."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("ATLAS_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    from atlascli.cli.common import err
+
+    try:
+        app(args=args, prog_name="atlas", standalone_mode=False)
+    except AtlasError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]({exc.hint})[/]" if exc.hint else ""),
+                  highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err.print("interrupted: complete shards are kept; run the same command again to resume")
+        return 130
+    except Exception as exc:  # a bug: say so in one line
+        if debug:
+            raise
+        err.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} [dim](rerun with --debug for the "
+                  "traceback)[/]", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

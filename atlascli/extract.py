@@ -1,0 +1,289 @@
+"""Streaming extraction of max-pooled activations into sharded safetensors.
+
+The split is cut into fixed shards of consecutive sentences; each shard is tokenised, sorted by
+length into token-budget batches (minimal padding), run only up to the deepest requested layer,
+max-pooled over real (non-padding, non-special) tokens and written atomically. Re-running after a
+crash skips complete shards; since a shard's batches depend only on its own sentences, the result
+is bit-for-bit that of an uninterrupted run. Shards of different models over the same dataset
+hold the same sentences, so fits can stream them pairwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from atlascli.corpus import load_split, resolve_dataset
+from atlascli.errors import CorruptArtifactError, InputError
+from atlascli.hooks import record_sites, run_until
+from atlascli.models import LoadedModel, check_layer, load_model, model_card
+from atlascli.registry import Artifact, Registry, slug
+from atlascli.registry.files import atomic_save_tensors, atomic_write_json, load_tensors, sha256_json
+
+ProgressFn = Callable[[int, int, int], None]
+"""Progress callback: (sentences done, sentences total, tokens done)."""
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to extract."""
+
+    model: str
+    """Zoo name, local folder/.gguf, or Hugging Face id."""
+    layers: tuple[int, ...]
+    """Block indices (0-based)."""
+    site: str = "resid"
+    """``mlp`` (MLP neurons), ``mlp_out`` or ``resid``."""
+    dataset: str = "default"
+    """Dataset artifact id or name."""
+    split: str = "train"
+    """``train`` or ``test``."""
+    sae: str | None = None
+    """SAE to encode activations with (one layer only); codes are stored sparsely."""
+    limit: int | None = None
+    """Use only the first N sentences of the split."""
+    device: str = "cpu"
+    """cpu, cuda or auto."""
+    dtype: str = "float32"
+    """float32, bfloat16 or float16."""
+    batch_tokens: int = 2048
+    """Token budget of a batch (padded length x batch size)."""
+    max_batch: int = 128
+    """Most sentences in one batch."""
+    max_length: int = 128
+    """Sentences are truncated to this many tokens."""
+    shard_size: int = 2048
+    """Sentences per shard (the unit of resumption)."""
+    revision: str | None = None
+    """Hub revision of the model."""
+    trust_remote_code: bool = False
+    """Allow custom model code from the Hub."""
+
+
+def _artifact_id(cfg: ExtractConfig, revision: str, ds_fp: str, sae_prov: dict[str, Any] | None) -> str:
+    key = {k: v for k, v in asdict(cfg).items() if k not in {"device", "batch_tokens", "max_batch"}}
+    key.update(revision=revision, dataset=ds_fp, sae=sae_prov)
+    layers = "-".join(str(x) for x in cfg.layers)
+    kind = "codes" if cfg.sae else cfg.site
+    return f"act-{slug(cfg.model)}-{kind}-L{layers}-{cfg.split}-{sha256_json(key)[:10]}"
+
+
+def make_batches(lengths: list[int], batch_tokens: int, max_batch: int) -> list[list[int]]:
+    """Group positions into batches sorted by length (longest first) under a token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = max(lengths[cur[0]] if cur else 0, lengths[i])
+        if cur and ((len(cur) + 1) * width > batch_tokens or len(cur) >= max_batch):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _pool_mask(enc: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Real tokens: attended and not special (BOS/EOS); rows with none keep all attended tokens."""
+    mask = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
+    empty = ~mask.any(1)
+    if empty.any():
+        mask[empty] = enc["attention_mask"][empty].bool()
+    return mask
+
+
+def _to_csr(dense: torch.Tensor) -> dict[str, torch.Tensor]:
+    sp = dense.to_sparse_csr()
+    return {"indptr": sp.crow_indices().to(torch.int64), "indices": sp.col_indices().to(torch.int32),
+            "values": sp.values().to(torch.float32)}
+
+
+def extract_shard(lm: LoadedModel, sentences: list[str], cfg: ExtractConfig,
+                  sae: Any | None, on_batch: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+    """Max-pooled activations of ``sentences`` at every configured layer (rows in input order)."""
+    tok = lm.tokenizer
+    tok.padding_side = "right"
+    lengths = [len(ids) for ids in tok(sentences, truncation=True, max_length=cfg.max_length)["input_ids"]]
+    pooled: dict[int, torch.Tensor] = {}
+    n_tokens = torch.zeros(len(sentences), dtype=torch.int32)
+    for batch in make_batches(lengths, cfg.batch_tokens, cfg.max_batch):
+        enc = tok([sentences[i] for i in batch], padding=True, truncation=True, max_length=cfg.max_length,
+                  return_tensors="pt", return_special_tokens_mask=True)
+        mask = _pool_mask(enc).to(lm.device)
+        with torch.inference_mode(), record_sites(lm.model, list(cfg.layers), cfg.site) as store:
+            run_until(lm.model, input_ids=enc["input_ids"].to(lm.device),
+                      attention_mask=enc["attention_mask"].to(lm.device))
+            for layer in cfg.layers:
+                acts = store[layer]
+                if sae is not None:
+                    acts = sae.encode(acts.to(sae.W_enc.dtype)).clamp_min(0)
+                    acts = acts.masked_fill(~mask[..., None], 0.0).amax(1)
+                else:
+                    acts = acts.float().masked_fill(~mask[..., None], float("-inf")).amax(1)
+                out = pooled.setdefault(layer, torch.empty(len(sentences), acts.shape[-1]))
+                out[torch.tensor(batch)] = acts.float().cpu()
+        n_tokens[torch.tensor(batch)] = enc["attention_mask"].sum(1).to(torch.int32)
+        if on_batch:
+            on_batch(len(batch), int(enc["attention_mask"].sum()))
+    tensors: dict[str, torch.Tensor] = {"n_tokens": n_tokens}
+    for layer, mat in pooled.items():
+        if not torch.isfinite(mat).all():
+            raise InputError(f"non-finite activations at layer {layer}", "try --dtype float32")
+        if sae is not None:
+            tensors.update({f"L{layer}.{k}": v for k, v in _to_csr(mat).items()})
+        else:
+            tensors[f"L{layer}"] = mat.contiguous()
+    return tensors
+
+
+def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
+            lm: LoadedModel | None = None) -> Artifact:
+    """Extract (or resume, or reuse) an activations artifact."""
+    registry = registry or Registry()
+    if not cfg.layers:
+        raise InputError("no layers given", "pass --layers, e.g. --layers 3,12")
+    dataset = resolve_dataset(cfg.dataset, registry)
+    sentences = load_split(dataset, cfg.split)
+    if cfg.limit is not None:
+        sentences = sentences[: cfg.limit]
+    lm = lm or load_model(cfg.model, cfg.device, cfg.dtype, cfg.revision, cfg.trust_remote_code)
+    for layer in cfg.layers:
+        check_layer(lm.model, layer, cfg.site)
+    sae, sae_prov = None, None
+    if cfg.sae:
+        if len(cfg.layers) != 1:
+            raise InputError("--sae works with exactly one layer", "pass the SAE's layer alone to --layers")
+        from atlascli.saes import load_sae
+
+        sae, sae_prov = load_sae(cfg.sae, str(lm.device))
+    ds_fp = dataset.provenance["dataset_fingerprint"]
+    art_id = _artifact_id(cfg, lm.revision, ds_fp, sae_prov)
+    if registry.exists(art_id, "activations"):
+        return registry.get(art_id, "activations")
+    stage = registry.stage("activations", art_id, parents=[dataset.id])
+    plan = {"config": asdict(cfg), "revision": lm.revision, "dataset": ds_fp, "n": len(sentences)}
+    plan_path = stage.path / "plan.json"
+    if plan_path.exists() and json.loads(plan_path.read_text()) != json.loads(json.dumps(plan)):
+        stage.discard()
+        stage = registry.stage("activations", art_id, parents=[dataset.id])
+    atomic_write_json(plan_path, plan)
+    n_shards = (len(sentences) + cfg.shard_size - 1) // cfg.shard_size
+    done = tokens = 0
+    for k in range(n_shards):
+        lo, hi = k * cfg.shard_size, min(len(sentences), (k + 1) * cfg.shard_size)
+        path = stage.path / f"shard-{k:05d}.safetensors"
+        if path.exists():
+            try:
+                shard = load_tensors(path)
+                tokens += int(shard["n_tokens"].sum())
+                done = hi
+                if progress:
+                    progress(done, len(sentences), tokens)
+                continue
+            except CorruptArtifactError:
+                path.unlink()
+
+        def on_batch(n: int, t: int) -> None:
+            nonlocal done, tokens
+            done += n
+            tokens += t
+            if progress:
+                progress(done, len(sentences), tokens)
+
+        tensors = extract_shard(lm, sentences[lo:hi], cfg, sae, on_batch)
+        tensors["index"] = torch.arange(lo, hi, dtype=torch.int64)
+        atomic_save_tensors(path, tensors)
+    widths = {str(layer): int(lm.width(cfg.site, layer)) for layer in cfg.layers}
+    if sae is not None:
+        widths = {str(cfg.layers[0]): int(sae.cfg.d_sae)}
+    card = model_card(lm)
+    provenance = {
+        "model": cfg.model, "revision": lm.revision, "layers": list(cfg.layers), "site": cfg.site,
+        "dataset": dataset.id, "dataset_fingerprint": ds_fp, "split": cfg.split, "n": len(sentences),
+        "limit": cfg.limit, "dtype": cfg.dtype, "pooling": "max over non-special tokens",
+        "max_length": cfg.max_length, "shard_size": cfg.shard_size, "sae": sae_prov, "sparse": sae is not None,
+    }
+    meta = {"widths": widths, "n_shards": n_shards, "tokens": tokens, "model_card": card}
+    return stage.commit(provenance, meta)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of one layer: sentence indices and their pooled activations."""
+
+    index: torch.Tensor
+    """Sentence indices into the split (int64)."""
+    dense: torch.Tensor | None
+    """Dense activations [n, width] (None when sparse)."""
+    csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    """Sparse codes as CSR (indptr, indices, values) (None when dense)."""
+    width: int
+    """Number of features."""
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense [n, width] float32."""
+        if self.dense is not None:
+            return self.dense
+        assert self.csr is not None
+        indptr, indices, values = self.csr
+        out = torch.zeros(len(indptr) - 1, self.width)
+        rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        out[torch.from_numpy(rows), torch.from_numpy(indices.astype(np.int64))] = torch.from_numpy(values)
+        return out
+
+    def to_scipy(self) -> Any:
+        """scipy.sparse CSR matrix (float64)."""
+        import scipy.sparse as sp
+
+        if self.csr is None:
+            assert self.dense is not None
+            return sp.csr_matrix(self.dense.double().numpy())
+        indptr, indices, values = self.csr
+        return sp.csr_matrix((values.astype(np.float64), indices, indptr), shape=(len(indptr) - 1, self.width))
+
+
+class Activations:
+    """Reader of an activations artifact; every shard is checksum-verified as it is read."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        if artifact.kind != "activations":
+            raise InputError(f"{artifact.id} is a {artifact.kind}, not activations", "pick an activations artifact")
+        self.artifact = artifact
+        self.n: int = int(artifact.provenance["n"])
+        self.sparse: bool = bool(artifact.provenance.get("sparse"))
+        self.layers: list[int] = [int(x) for x in artifact.provenance["layers"]]
+        self.widths: dict[int, int] = {int(k): int(v) for k, v in artifact.meta["widths"].items()}
+        self.shard_names = sorted(n for n in artifact.manifest["files"] if n.startswith("shard-"))
+
+    def _layer(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise InputError(f"{self.artifact.id} has no layer {layer}", f"it has layers {self.layers}")
+        return layer
+
+    def shards(self, layer: int) -> Iterator[Shard]:
+        """Stream the shards of one layer, verifying each file's checksum."""
+        self._layer(layer)
+        for name in self.shard_names:
+            self.artifact.verify([name])
+            t = load_tensors(self.artifact.path / name)
+            if self.sparse:
+                csr = (t[f"L{layer}.indptr"].numpy(), t[f"L{layer}.indices"].numpy(), t[f"L{layer}.values"].numpy())
+                yield Shard(t["index"], None, csr, self.widths[layer])
+            else:
+                yield Shard(t["index"], t[f"L{layer}"], None, self.widths[layer])
+
+    def dense(self, layer: int) -> torch.Tensor:
+        """All rows of one layer as a dense [N, width] float32 tensor, in split order."""
+        out = torch.empty(self.n, self.widths[self._layer(layer)])
+        for shard in self.shards(layer):
+            out[shard.index] = shard.to_dense()
+        return out

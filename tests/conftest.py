@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated ATLAS_HOME per test, offline hub, tiny models built from configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ATLAS_HOME / HF_HOME at a temp dir, go offline; keep one model cache for the session."""
+    home = tmp_path / "atlas-home"
+    monkeypatch.setenv("ATLAS_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    # dequantised .gguf weights are expensive (20-70 s): share them across tests (and runs)
+    monkeypatch.setenv("ATLAS_MODEL_CACHE", os.environ.get("ATLAS_TEST_MODEL_CACHE", str(REPO / ".cache" / "test-models")))
+    monkeypatch.setenv("ATLAS_CORPUS_SRC", os.environ.get("ATLAS_CORPUS_SRC", str(REPO / ".cache" / "corpus-src")))
+    return home
+
+
+def _tiny_tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = [
+        "The dog barked all night.", "A cat sat on the mat.", "London is a city in England.",
+        "Cars drive on roads.", "We ate bread and cheese.", "Music plays loudly.", "Science explains nature.",
+    ] * 20
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(text, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]", "<pad>", "<s>", "</s>"]))
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="[UNK]")
+    fast.save_pretrained(str(folder))
+
+
+def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A randomly initialised tiny causal LM + tokenizer saved as a local transformers folder."""
+    from transformers import (
+        AutoModelForCausalLM,
+        GPT2Config,
+        LlamaConfig,
+        Qwen2Config,
+    )
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=200, bos_token_id=2, eos_token_id=3, pad_token_id=1)
+    if arch == "llama":
+        cfg = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=256, **common)
+    elif arch == "qwen2":
+        cfg = Qwen2Config(hidden_size=32, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=256, **common)
+    elif arch == "gpt2":
+        cfg = GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=256, **common)
+    elif arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(hidden_size=32, intermediate_size=56, num_hidden_layers=4, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=8, max_position_embeddings=256, sliding_window=16,
+                               **common)
+    else:
+        raise ValueError(arch)
+    model = AutoModelForCausalLM.from_config(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    _tiny_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny models of several families, saved once per session."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: make_tiny_model(root / arch, arch) for arch in ("llama", "qwen2", "gpt2", "gemma3")}
+
+
+@pytest.fixture()
+def tiny_dataset(isolated_home: Path, tmp_path: Path):
+    """A small prepared dataset artifact from a local text file."""
+    from atlascli.corpus import CorpusConfig, prepare_corpus
+
+    words = ["dog", "cat", "London", "cars", "bread", "music", "science", "night", "city", "roads"]
+    lines = []
+    for i in range(300):
+        a, b, c = words[i % 10], words[(i * 3 + 1) % 10], words[(i * 7 + 2) % 10]
+        lines.append(f"The {a} and the {b} met a {c} {'again ' * (i % 5)}today number {i}.")
+    path = tmp_path / "tiny.txt"
+    path.write_text(" ".join(lines))
+    art, _ = prepare_corpus(CorpusConfig(name="tiny", inputs=(str(path),), low_pct=0, high_pct=100))
+    return art
