@@ -111,6 +111,7 @@ def extract_shard(lm: LoadedModel, sentences: list[str], cfg: ExtractConfig,
     tok.padding_side = "right"
     lengths = [len(ids) for ids in tok(sentences, truncation=True, max_length=cfg.max_length)["input_ids"]]
     pooled: dict[int, torch.Tensor] = {}
+    peaks: dict[int, torch.Tensor] = {}
     n_tokens = torch.zeros(len(sentences), dtype=torch.int32)
     for batch in make_batches(lengths, cfg.batch_tokens, cfg.max_batch):
         enc = tok([sentences[i] for i in batch], padding=True, truncation=True, max_length=cfg.max_length,
@@ -123,7 +124,10 @@ def extract_shard(lm: LoadedModel, sentences: list[str], cfg: ExtractConfig,
                 acts = store[layer]
                 if sae is not None:
                     acts = sae.encode(acts.to(sae.W_enc.dtype)).clamp_min(0)
-                    acts = acts.masked_fill(~mask[..., None], 0.0).amax(1)
+                    acts, pos = acts.masked_fill(~mask[..., None], 0.0).max(1)
+                    peak = enc["input_ids"].to(lm.device).gather(1, pos)
+                    peaks.setdefault(layer, torch.empty(len(sentences), acts.shape[-1], dtype=torch.int32))
+                    peaks[layer][torch.tensor(batch)] = peak.to(torch.int32).cpu()
                 else:
                     acts = acts.float().masked_fill(~mask[..., None], float("-inf")).amax(1)
                 out = pooled.setdefault(layer, torch.empty(len(sentences), acts.shape[-1]))
@@ -137,14 +141,18 @@ def extract_shard(lm: LoadedModel, sentences: list[str], cfg: ExtractConfig,
             raise InputError(f"non-finite activations at layer {layer}", "try --dtype float32")
         if sae is not None:
             tensors.update({f"L{layer}.{k}": v for k, v in _to_csr(mat).items()})
+            tensors[f"L{layer}.peak_tokens"] = peaks[layer][mat != 0].contiguous()  # aligned with CSR values
         else:
             tensors[f"L{layer}"] = mat.contiguous()
     return tensors
 
 
 def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
-            lm: LoadedModel | None = None) -> Artifact:
-    """Extract (or resume, or reuse) an activations artifact."""
+            lm: LoadedModel | None = None, sae: Any | None = None) -> Artifact:
+    """Extract (or resume, or reuse) an activations artifact.
+
+    ``sae`` supplies the SAE named by ``cfg.sae`` (an atlas id) in memory, e.g. while that atlas is built.
+    """
     registry = registry or Registry()
     if not cfg.layers:
         raise InputError("no layers given", "pass --layers, e.g. --layers 3,12")
@@ -155,17 +163,23 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
     lm = lm or load_model(cfg.model, cfg.device, cfg.dtype, cfg.revision, cfg.trust_remote_code)
     for layer in cfg.layers:
         check_layer(lm.model, layer, cfg.site)
-    sae, sae_prov = None, None
+    sae_prov = None
     if cfg.sae:
         if len(cfg.layers) != 1:
             raise InputError("--sae works with exactly one layer", "pass the SAE's layer alone to --layers")
-        from atlascli.saes import load_sae
+        if sae is not None:
+            sae_prov = {"sae": cfg.sae, "sae_source": "atlas"}
+        else:
+            from atlascli.saes import load_sae
 
-        sae, sae_prov = load_sae(cfg.sae, str(lm.device))
+            sae, sae_prov = load_sae(cfg.sae, str(lm.device))
     ds_fp = dataset.provenance["dataset_fingerprint"]
     art_id = _artifact_id(cfg, lm.revision, ds_fp, sae_prov)
     if registry.exists(art_id, "activations"):
         return registry.get(art_id, "activations")
+    reusable = find_reusable(cfg, lm.revision, ds_fp, sae_prov, registry)
+    if reusable is not None:
+        return reusable
     stage = registry.stage("activations", art_id, parents=[dataset.id])
     plan = {"config": asdict(cfg), "revision": lm.revision, "dataset": ds_fp, "n": len(sentences)}
     plan_path = stage.path / "plan.json"
@@ -213,6 +227,19 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
     return stage.commit(provenance, meta)
 
 
+def find_reusable(cfg: ExtractConfig, revision: str, ds_fp: str, sae_prov: dict[str, Any] | None,
+                  registry: Registry) -> Artifact | None:
+    """An existing artifact over the same model, data and settings whose layers include ``cfg.layers``."""
+    art: Artifact
+    for art in reversed(registry.find("activations", model=cfg.model, revision=revision, site=cfg.site,
+                                      dataset_fingerprint=ds_fp, split=cfg.split, limit=cfg.limit,
+                                      max_length=cfg.max_length, shard_size=cfg.shard_size, sae=sae_prov,
+                                      dtype=cfg.dtype)):
+        if set(cfg.layers) <= set(art.provenance["layers"]):
+            return art
+    return None
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -228,6 +255,8 @@ class Shard:
     """Sparse codes as CSR (indptr, indices, values) (None when dense)."""
     width: int
     """Number of features."""
+    peak_tokens: np.ndarray | None = None
+    """For SAE codes: the token id where each stored code peaked (aligned with the CSR values)."""
 
     def to_dense(self) -> torch.Tensor:
         """Dense [n, width] float32."""
@@ -277,7 +306,8 @@ class Activations:
             t = load_tensors(self.artifact.path / name)
             if self.sparse:
                 csr = (t[f"L{layer}.indptr"].numpy(), t[f"L{layer}.indices"].numpy(), t[f"L{layer}.values"].numpy())
-                yield Shard(t["index"], None, csr, self.widths[layer])
+                peak = t.get(f"L{layer}.peak_tokens")
+                yield Shard(t["index"], None, csr, self.widths[layer], None if peak is None else peak.numpy())
             else:
                 yield Shard(t["index"], t[f"L{layer}"], None, self.widths[layer])
 

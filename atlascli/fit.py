@@ -72,8 +72,8 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
         return Activations(acts), layer, {"atlas": ref, "atlas_version": acts.id, "atlas_kind": "dense"}
     art = registry.get(ref)
     if art.kind == "activations":
-        acts = Activations(art)
-        return acts, acts.layers[0], {"atlas": art.id, "atlas_version": art.id, "atlas_kind": "activations"}
+        reader = Activations(art)
+        return reader, reader.layers[0], {"atlas": art.id, "atlas_version": art.id, "atlas_kind": "activations"}
     if art.kind != "atlas":
         raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
     p = art.provenance

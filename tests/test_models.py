@@ -54,3 +54,28 @@ def test_offline_zoo_models_load_and_cache(name, layers, hidden, mlp):
     assert time.perf_counter() - start < 60  # sanity only; the 5 s target is measured by bench/extract.py
     ids = again.tokenizer("The dog barked.")["input_ids"]
     assert len(ids) >= 3
+
+
+def test_gguf_cache_reproduces_the_gguf_model_exactly(tmp_path, monkeypatch):
+    """The dequantised cache (tied weights stored once) gives the same logits and tokens as the .gguf."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from atlascli.models import fast_tokenizer, model_cache_dir
+
+    monkeypatch.setenv("ATLAS_MODEL_CACHE", str(tmp_path / "fresh-cache"))
+    first = load_model("smollm2-135m-instruct")  # straight from the .gguf, writes the cache
+    second = load_model("smollm2-135m-instruct")  # from the cache
+    sents = ["The dog barked all night.", "Hello world 12345 東京"]
+    a = first.tokenizer(sents, padding=True, return_tensors="pt")
+    b = second.tokenizer(sents, padding=True, return_tensors="pt")
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(first.model(**a).logits, second.model(**b).logits, rtol=0, atol=0)
+    folder = next(p for p in model_cache_dir().iterdir() if p.name.startswith("smollm2"))
+    ref = AutoTokenizer.from_pretrained(str(folder))
+    fast = fast_tokenizer(folder)
+    msgs = [{"role": "user", "content": "Tell me a joke"}]
+    assert ref.apply_chat_template(msgs, tokenize=False) == fast.apply_chat_template(msgs, tokenize=False)
+    assert (ref.bos_token, ref.eos_token, ref.pad_token, ref.padding_side) == (
+        fast.bos_token, fast.eos_token, fast.pad_token, fast.padding_side)

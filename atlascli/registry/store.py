@@ -8,6 +8,7 @@ resume, and becomes visible only when its manifest is written and the folder ren
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import re
 import shutil
@@ -166,7 +167,7 @@ class Registry:
             )
         return Artifact(manifest["id"], manifest["kind"], path, manifest)
 
-    def list(self, kind: str | None = None) -> list[Artifact]:
+    def list(self, kind: str | None = None) -> builtins.list[Artifact]:
         """Committed artifacts, oldest first."""
         kinds = [kind] if kind else list(KINDS)
         found = []
@@ -196,7 +197,7 @@ class Registry:
             "give more of the id",
         )
 
-    def find(self, kind: str, **provenance: Any) -> list[Artifact]:
+    def find(self, kind: str, **provenance: Any) -> builtins.list[Artifact]:
         """Committed artifacts of ``kind`` whose provenance has all the given key/values."""
         return [a for a in self.list(kind) if all(a.provenance.get(k) == v for k, v in provenance.items())]
 

@@ -1,0 +1,85 @@
+"""`atlas search`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from atlascli.cli.common import console, emit_json
+from atlascli.errors import InputError
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise InputError(f"{path} does not exist", "give a file with one sentence per line")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"{path} is empty", "give a file with one sentence per line")
+    return lines
+
+
+def build_query(atlas, text, features, examples, contrast, top_features, threshold):  # type: ignore[no-untyped-def]
+    """One concept query from whichever of the options was given."""
+    from atlascli.concepts import load_concept
+    from atlascli.search import query_from_examples, query_from_features, query_from_text
+
+    given = [x is not None for x in (text, features, examples)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of QUERY, --features or --examples", 'e.g. atlas search "dogs"')
+    if features is not None:
+        return query_from_features(features, atlas)
+    if examples is not None:
+        return query_from_examples(_lines(examples), atlas, _lines(contrast) if contrast else None)
+    named = load_concept(text, atlas)
+    return named if named is not None else query_from_text(text, atlas, top_features, threshold)
+
+
+def search_cmd(
+    query: str | None = typer.Argument(None, help="Text, or the name of a saved/built-in concept."),
+    features: str | None = typer.Option(None, help="Atlas features: 5218,12614 or 5218:1.0,12614:0.5."),
+    examples: Path | None = typer.Option(None, help="Example sentences (one per line): their mean atlas code."),
+    contrast: Path | None = typer.Option(None, help="Contrast sentences: subtracted from the examples' mean."),
+    subject: str | None = typer.Option(None, help="Subject model (with --layer) to pick the alignment."),
+    layer: int | None = typer.Option(None, help="Subject layer."),
+    alignment: str | None = typer.Option(None, help="Alignment id (most recent matching one by default)."),
+    atlas: str | None = typer.Option(None, help="Atlas (latest by default)."),
+    method: str = typer.Option("procrustes", help="Translation method."),
+    top: int = typer.Option(10, help="Subject features to show."),
+    top_features: int = typer.Option(5, help="Atlas features a text query resolves to."),
+    threshold: float = typer.Option(0.35, help="Minimum label similarity for text queries."),
+    examples_per_feature: int = typer.Option(2, "--samples", help="Max-activating test sentences per feature."),
+    test_limit: int = typer.Option(5000, help="Test sentences scanned for max-activating examples."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Find the subject features that encode a concept (eq. 3) and show what activates them."""
+    from atlascli.atlas import resolve_atlas
+    from atlascli.registry import Registry
+    from atlascli.search import resolve_alignment
+    from atlascli.search_run import run_search
+
+    reg = Registry()
+    at = resolve_atlas(atlas, reg)
+    q = build_query(at, query, features, examples, contrast, top_features, threshold)
+    al = resolve_alignment(reg, alignment, subject, layer, method, at)
+    res = run_search(q, al, top, examples_per_feature, test_limit, reg)
+    if json_out:
+        emit_json({"alignment": res.alignment, "atlas": at.id, "query": {"source": q.source, "matches": q.matches},
+                   "features": [{"index": f.index, "score": f.score,
+                                 "examples": [{"activation": v, "text": t} for v, t in f.examples]}
+                                for f in res.features]})
+        return
+    qt = Table(title=f"concept query ({q.source}) over {at.id}")
+    for col in ("atlas feature", "label", "weight"):
+        qt.add_column(col)
+    for m in q.matches[:10]:
+        qt.add_row(str(m["index"]), m["label"], f"{m['weight']:.3f}")
+    console.print(qt)
+    p = al.provenance
+    st = Table(title=f"{p['subject']} layer {p['layer']} ({p['site']}, {p['method']}): top features by s = T̂q/|q|")
+    for col in ("feature", "score", "max-activating test sentences"):
+        st.add_column(col)
+    for f in res.features:
+        st.add_row(str(f.index), f"{f.score:.3f}", "\n".join(f"[dim]{v:.2f}[/] {t}" for v, t in f.examples))
+    console.print(st)

@@ -1,0 +1,29 @@
+"""Search with example sentences: finds (or extracts once) the subject's test-split activations."""
+
+from __future__ import annotations
+
+from atlascli.corpus import load_split
+from atlascli.extract import Activations, ExtractConfig, extract
+from atlascli.registry import Artifact, Registry
+from atlascli.search import ConceptQuery, SearchResult, search
+
+
+def test_activations(alignment: Artifact, limit: int, registry: Registry) -> tuple[Activations, list[str]]:
+    """Subject activations on the test split at the alignment's layer (reused; extracted when missing)."""
+    p = alignment.provenance
+    dataset = registry.get(p["dataset"], "dataset")
+    art: Artifact
+    for art in reversed(registry.find("activations", model=p["subject"], revision=p["revision"], site=p["site"],
+                                      dataset_fingerprint=p["dataset_fingerprint"], split="test", sparse=False)):
+        if p["layer"] in art.provenance["layers"] and art.provenance["n"] >= min(limit, dataset.provenance["n_test"]):
+            return Activations(art), load_split(dataset, "test")
+    art = extract(ExtractConfig(model=p["subject"], layers=(int(p["layer"]),), site=p["site"], dataset=dataset.id,
+                                split="test", limit=limit), registry)
+    return Activations(art), load_split(dataset, "test")
+
+
+def run_search(query: ConceptQuery, alignment: Artifact, top: int, samples: int, test_limit: int,
+               registry: Registry) -> SearchResult:
+    """:func:`atlascli.search.search` with max-activating test sentences attached."""
+    acts, sentences = test_activations(alignment, test_limit, registry) if samples > 0 else (None, None)
+    return search(query, alignment, top, samples, acts, sentences)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from atlascli.atlas import AtlasBuildConfig, build_atlas, resolve_atlas
+from atlascli.cli.main import main
+from atlascli.concepts import list_concepts, load_concept, save_concept
+from atlascli.errors import InputError, NotFoundError
+from atlascli.fit import FitConfig, fit
+from atlascli.registry import Registry
+from atlascli.search import atlas_codes, query_from_examples, query_from_features, resolve_alignment, search
+from atlascli.translate import StoredTranslation
+
+
+@pytest.fixture()
+def aligned(tiny_models, tiny_dataset):
+    art = build_atlas(AtlasBuildConfig(name="tiny", foundation=str(tiny_models["gpt2"]), layer=1, width=64, k=4,
+                                       dataset="tiny", train_sentences=150, max_tokens=4000, epochs=4,
+                                       batch_size=256, lr=3e-3, label_sentences=150, top_samples=5))
+    fits = fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=art.id, dataset="tiny",
+                         limit=150, methods="procrustes,cov"))
+    return resolve_atlas(art.id), fits
+
+
+def test_fit_reuses_the_atlas_labelling_codes(aligned):
+    atlas, fits = aligned
+    assert atlas.artifact.meta["label_codes"] in fits[0].parents
+
+
+def test_search_ranks_by_eq3_and_attaches_test_examples(aligned, tiny_models):
+    atlas, fits = aligned
+    reg = Registry()
+    proc = resolve_alignment(reg, None, str(tiny_models["llama"]), 2, "procrustes", atlas)
+    assert proc.provenance["method"] == "procrustes"
+    q = query_from_features("3:1.0,10:0.5", atlas)
+    from atlascli.search_run import run_search
+
+    res = run_search(q, proc, top=5, samples=2, test_limit=100, registry=reg)
+    T = StoredTranslation(proc.file("translation.safetensors")).load().double().numpy()
+    qv = np.zeros(64)
+    qv[[3, 10]] = [1.0, 0.5]
+    s = (T / np.linalg.norm(T, axis=1, keepdims=True)) @ qv / np.linalg.norm(qv)
+    assert [f.index for f in res.features] == list(np.argsort(-s)[:5])
+    np.testing.assert_allclose([f.score for f in res.features], np.sort(s)[::-1][:5], rtol=1e-5)
+    # examples are the max-activating test sentences of each feature (checked against the stored activations)
+    from atlascli.search_run import test_activations
+
+    acts, sentences = test_activations(proc, 100, reg)
+    dense = acts.dense(2).numpy()
+    for f in res.features:
+        top_vals = np.sort(dense[:, f.index])[::-1][:2]
+        np.testing.assert_allclose([v for v, _ in f.examples], top_vals, rtol=1e-6)
+        for v, t in f.examples:  # each example really has that activation (ties may reorder equal values)
+            assert dense[sentences.index(t), f.index] == pytest.approx(v, rel=1e-6)
+
+
+def test_examples_and_contrast_queries(aligned):
+    atlas, _ = aligned
+    pos = ["The dog and the cat met a dog today.", "The dog barked at the cat."]
+    neg = ["The cars drive on the roads today."]
+    codes_pos, codes_neg = atlas_codes(pos, atlas), atlas_codes(neg, atlas)
+    q = query_from_examples(pos, atlas)
+    np.testing.assert_allclose(q.dense(64).numpy(), codes_pos.mean(0).numpy(), atol=1e-6)
+    qc = query_from_examples(pos, atlas, contrast=neg)
+    np.testing.assert_allclose(qc.dense(64).numpy(), (codes_pos.mean(0) - codes_neg.mean(0)).numpy(), atol=1e-6)
+    assert qc.source == "contrast"
+
+
+def test_concepts_roundtrip(aligned):
+    atlas, _ = aligned
+    q = query_from_features("1,2:0.5", atlas)
+    save_concept("pets", q, atlas)
+    got = load_concept("pets", atlas)
+    assert got is not None and got.features == [1, 2] and got.weights == [1.0, 0.5]
+    assert [r["name"] for r in list_concepts(atlas)] == ["pets"]
+    assert load_concept("nothing", atlas) is None
+
+
+def test_bad_queries(aligned):
+    atlas, _ = aligned
+    with pytest.raises(InputError, match="does not exist"):
+        query_from_features("3,99", atlas)
+    with pytest.raises(InputError, match="bad feature spec"):
+        query_from_features("3,x", atlas)
+    with pytest.raises(NotFoundError, match="no alignment"):
+        resolve_alignment(Registry(), None, "other-model", 2, "procrustes", atlas)
+
+
+def test_search_cli_json_and_errors(aligned, tiny_models, capsys):
+    code = main(["search", "--features", "3,7", "--top", "4", "--samples", "1", "--test-limit", "60", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = json.loads(out.out)
+    assert len(data["features"]) == 4 and all(len(f["examples"]) == 1 for f in data["features"])
+    assert [m["index"] for m in data["query"]["matches"]] == [3, 7]
+    code = main(["search", "--features", "500"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    code = main(["search", "unknown-concept-xyz", "--threshold", "0.99"])
+    assert code == 2 and "no atlas label matches" in capsys.readouterr().err
+    code = main(["concept", "add", "two", "--features", "3,7", "--json"])
+    assert code == 0
+    capsys.readouterr()
+    code = main(["search", "two", "--top", "3", "--samples", "0", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["query"]["matches"][0]["index"] == 3
+    assert main(["atlas", "show", "--feature", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["index"] == 3
+
+
+def test_similarity_is_negated_for_negative_search(aligned, tiny_models):
+    atlas, _ = aligned
+    proc = resolve_alignment(Registry(), None, None, 2, "procrustes", atlas)
+    q = query_from_features("3", atlas)
+    hi = search(q, proc, top=3)
+    lo = search(q, proc, top=3, negative=True)
+    assert hi.features[0].score >= lo.features[0].score
+    assert torch.equal(hi.similarity, lo.similarity)
