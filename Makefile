@@ -36,6 +36,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/fit.py
+	$(BIN)/python bench/search.py
 
 lint: setup
 	$(BIN)/ruff check atlascli tests bench

@@ -15,6 +15,10 @@ from atlascli.models import ZOO, package_dir
 def load_embedder(name: str = "minilm-l6", device: str = "cpu") -> Any:
     """A SentenceTransformer from the zoo (offline) or a local folder / hub id."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     if name in ZOO:
         entry = ZOO[name]

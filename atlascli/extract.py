@@ -11,6 +11,7 @@ hold the same sentences, so fits can stream them pairwise.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -99,7 +100,9 @@ def _pool_mask(enc: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _to_csr(dense: torch.Tensor) -> dict[str, torch.Tensor]:
-    sp = dense.to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        sp = dense.to_sparse_csr()
     return {"indptr": sp.crow_indices().to(torch.int64), "indices": sp.col_indices().to(torch.int32),
             "values": sp.values().to(torch.float32)}
 

@@ -160,6 +160,29 @@ class SubjectFeature:
     """Max-activating test-split sentences with their activation."""
 
 
+def aligned_sentences(acts: Any, layer: int, s: torch.Tensor, sentences: list[str],
+                      n: int = 5) -> list[tuple[float, str]]:
+    """Test sentences whose (centred, L2-normalised) subject activation is most similar to s: the
+    ranking of the paper's translation-quality evaluation (4.3.1). Two streaming passes over the shards."""
+    total, count = None, 0
+    for shard in acts.shards(layer):
+        part = shard.dense.double().sum(0)
+        total = part if total is None else total + part
+        count += shard.dense.shape[0]
+    if total is None or count == 0:
+        return []
+    mean = (total / count).float()
+    direction = s / s.norm().clamp_min(1e-30)
+    best: list[tuple[float, int]] = []
+    for shard in acts.shards(layer):
+        x = torch.nn.functional.normalize(shard.dense - mean, dim=1)
+        scores = x @ direction
+        k = min(n, len(scores))
+        vals, idx = scores.topk(k)
+        best = sorted(best + [(float(v), int(shard.index[i])) for v, i in zip(vals, idx)], key=lambda t: -t[0])[:n]
+    return [(v, sentences[i]) for v, i in best]
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """What `atlas search` shows."""
@@ -172,6 +195,8 @@ class SearchResult:
     """Top subject features by s."""
     similarity: torch.Tensor
     """The full s vector [ds]."""
+    aligned: list[tuple[float, str]] = field(default_factory=list)
+    """Test sentences whose subject activations are most similar to s (cosine, centred)."""
 
 
 def subject_similarity(query: ConceptQuery, alignment: Artifact) -> torch.Tensor:
@@ -197,12 +222,18 @@ def top_examples(acts: Any, layer: int, features: list[int], sentences: list[str
 
 def search(query: ConceptQuery, alignment: Artifact, top: int = 10, examples: int = 3,
            test_acts: Any | None = None, test_sentences: list[str] | None = None,
-           negative: bool = False) -> SearchResult:
-    """Rank subject features by eq. 3; attach max-activating test sentences when activations are given."""
+           negative: bool = False, n_aligned: int = 5) -> SearchResult:
+    """Rank subject features by eq. 3; with test activations, attach each feature's max-activating
+    sentences and the sentences most aligned with s."""
     s = subject_similarity(query, alignment)
     order = torch.argsort(s, descending=not negative)[:top].tolist()
     ex: dict[int, list[tuple[float, str]]] = {}
-    if test_acts is not None and test_sentences is not None and examples > 0:
-        ex = top_examples(test_acts, int(alignment.provenance["layer"]), order, test_sentences, examples)
+    aligned: list[tuple[float, str]] = []
+    if test_acts is not None and test_sentences is not None:
+        layer = int(alignment.provenance["layer"])
+        if examples > 0:
+            ex = top_examples(test_acts, layer, order, test_sentences, examples)
+        if n_aligned > 0:
+            aligned = aligned_sentences(test_acts, layer, -s if negative else s, test_sentences, n_aligned)
     feats = [SubjectFeature(i, float(s[i]), ex.get(i, [])) for i in order]
-    return SearchResult(query, alignment.id, feats, s)
+    return SearchResult(query, alignment.id, feats, s, aligned)

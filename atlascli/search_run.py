@@ -23,7 +23,8 @@ def test_activations(alignment: Artifact, limit: int, registry: Registry) -> tup
 
 
 def run_search(query: ConceptQuery, alignment: Artifact, top: int, samples: int, test_limit: int,
-               registry: Registry) -> SearchResult:
-    """:func:`atlascli.search.search` with max-activating test sentences attached."""
-    acts, sentences = test_activations(alignment, test_limit, registry) if samples > 0 else (None, None)
-    return search(query, alignment, top, samples, acts, sentences)
+               registry: Registry, n_aligned: int = 5) -> SearchResult:
+    """:func:`atlascli.search.search` with test sentences attached (per feature, and along s)."""
+    need = samples > 0 or n_aligned > 0
+    acts, sentences = test_activations(alignment, test_limit, registry) if need else (None, None)
+    return search(query, alignment, top, samples, acts, sentences, n_aligned=n_aligned)

@@ -118,3 +118,21 @@ def test_similarity_is_negated_for_negative_search(aligned, tiny_models):
     lo = search(q, proc, top=3, negative=True)
     assert hi.features[0].score >= lo.features[0].score
     assert torch.equal(hi.similarity, lo.similarity)
+
+
+def test_aligned_sentences_match_numpy_reference(aligned, tiny_models):
+    from atlascli.search import aligned_sentences, subject_similarity
+    from atlascli.search_run import test_activations
+
+    atlas, _ = aligned
+    reg = Registry()
+    proc = resolve_alignment(reg, None, None, 2, "procrustes", atlas)
+    acts, sentences = test_activations(proc, 100, reg)
+    s = subject_similarity(query_from_features("3,10", atlas), proc)
+    got = aligned_sentences(acts, 2, s, sentences, n=4)
+    X = acts.dense(2).double().numpy()
+    Xc = X - X.mean(0)
+    cos = (Xc / np.linalg.norm(Xc, axis=1, keepdims=True)) @ (s.double().numpy() / np.linalg.norm(s.numpy()))
+    np.testing.assert_allclose([v for v, _ in got], np.sort(cos)[::-1][:4], rtol=1e-4)
+    for v, t in got:
+        assert cos[sentences.index(t)] == pytest.approx(v, rel=1e-4)

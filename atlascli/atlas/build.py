@@ -127,7 +127,7 @@ def train_sae(tokens: torch.Tensor, cfg: AtlasBuildConfig, out: Path,
         trainer.maybe_reset_sparsity()
         step = trainer.step(next(provider))
         trainer.n_training_steps += 1
-        last = {"loss": float(step.loss)}
+        last = {"loss": float(step.loss.detach())}
         if progress:
             progress(trainer.n_training_samples, total)
     sae.fold_activation_norm_scaling_factor(scale)

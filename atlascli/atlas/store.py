@@ -137,8 +137,9 @@ def import_atlas(sae_ref: str, labels_path: Path, foundation: str, layer: int, s
     emb = embed([descriptions[i] for i in idx], embedder)
     table = torch.zeros(width, emb.shape[1])
     table[idx] = emb
-    labels: list[dict[str, Any]] = [{"index": i, "label": descriptions.get(i, ""), "description": descriptions.get(i), "top_samples": [],
-               "top_tokens": [], "frequency": None} for i in range(width)]
+    labels: list[dict[str, Any]] = [
+        {"index": i, "label": descriptions.get(i, ""), "description": descriptions.get(i), "top_samples": [],
+         "top_tokens": [], "frequency": None} for i in range(width)]
     atomic_write_json(stage.path / "labels.json", labels)
     atomic_save_tensors(stage.path / "label_embeddings.safetensors", {"embeddings": table})
     prov = {"name": name or slug(sae_ref), "foundation": foundation, "revision": None, "layer": layer, "site": site,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err, throughput_bar
+from atlascli.cli.common import console, emit_json, err, staged_bars
 
 app = typer.Typer(no_args_is_help=True, help="Concept Atlases: a foundation model's SAE with a label per feature.")
 concept_app = typer.Typer(no_args_is_help=True, help="Named concept queries.")
@@ -36,17 +36,7 @@ def build(
     cfg = AtlasBuildConfig(name=name, foundation=foundation, layer=layer, site=site, width=width, k=k,
                            dataset=dataset, train_sentences=train_sentences, max_tokens=max_tokens, epochs=epochs,
                            label_sentences=label_sentences, seed=seed, device=device)
-    bars: dict[str, object] = {}
-    import contextlib
-
-    with contextlib.ExitStack() as stack:
-        def progress(stage: str, done: int, total: int) -> None:
-            if json_out:
-                return
-            if stage not in bars:
-                bars[stage] = stack.enter_context(throughput_bar(stage, total, "item"))
-            bars[stage](done, total)  # type: ignore[operator]
-
+    with staged_bars(json_out) as progress:
         art = build_atlas(cfg, progress=progress)
     if json_out:
         emit_json({"id": art.id, "provenance": art.provenance, "meta": art.meta})

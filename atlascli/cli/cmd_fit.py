@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err, parse_ints
+from atlascli.cli.common import console, emit_json, parse_ints, staged_bars
 
 
 def fit_cmd(
@@ -26,14 +26,8 @@ def fit_cmd(
 
     cfg = FitConfig(subject=subject, layers=parse_ints(layer, "layers"), site=site, atlas=atlas, methods=method,
                     dataset=dataset, limit=limit, ridge=ridge, k=k, device=device)
-    last = {"stage": ""}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if not json_out and stage != last["stage"]:
-            last["stage"] = stage
-            err.print(f"[dim]{stage}...[/]")
-
-    arts = fit(cfg, progress=progress)
+    with staged_bars(json_out) as progress:
+        arts = fit(cfg, progress=progress)
     if json_out:
         emit_json([{"id": a.id, "provenance": a.provenance, "meta": a.meta} for a in arts])
         return

@@ -51,6 +51,7 @@ def search_cmd(
     threshold: float = typer.Option(0.35, help="Minimum label similarity for text queries."),
     examples_per_feature: int = typer.Option(2, "--samples", help="Max-activating test sentences per feature."),
     test_limit: int = typer.Option(5000, help="Test sentences scanned for max-activating examples."),
+    aligned: int = typer.Option(5, help="Test sentences most aligned with s to show (0 = none)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Find the subject features that encode a concept (eq. 3) and show what activates them."""
@@ -63,12 +64,13 @@ def search_cmd(
     at = resolve_atlas(atlas, reg)
     q = build_query(at, query, features, examples, contrast, top_features, threshold)
     al = resolve_alignment(reg, alignment, subject, layer, method, at)
-    res = run_search(q, al, top, examples_per_feature, test_limit, reg)
+    res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned)
     if json_out:
         emit_json({"alignment": res.alignment, "atlas": at.id, "query": {"source": q.source, "matches": q.matches},
                    "features": [{"index": f.index, "score": f.score,
                                  "examples": [{"activation": v, "text": t} for v, t in f.examples]}
-                                for f in res.features]})
+                                for f in res.features],
+                   "aligned_sentences": [{"similarity": v, "text": t} for v, t in res.aligned]})
         return
     qt = Table(title=f"concept query ({q.source}) over {at.id}")
     for col in ("atlas feature", "label", "weight"):
@@ -83,3 +85,10 @@ def search_cmd(
     for f in res.features:
         st.add_row(str(f.index), f"{f.score:.3f}", "\n".join(f"[dim]{v:.2f}[/] {t}" for v, t in f.examples))
     console.print(st)
+    if res.aligned:
+        at_ = Table(title="test sentences whose subject activations are most aligned with s (cosine, centred)")
+        at_.add_column("cos")
+        at_.add_column("sentence")
+        for v, t in res.aligned:
+            at_.add_row(f"{v:.3f}", t)
+        console.print(at_)

@@ -56,3 +56,21 @@ def throughput_bar(description: str, total: int, unit: str = "sent",
             progress.update(task, completed=done, total=tot or total, rate=text)
 
         yield update
+
+
+@contextmanager
+def staged_bars(quiet: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """One throughput bar per stage; yields ``progress(stage, done, total)``."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        bars: dict[str, Callable[..., None]] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if quiet:
+                return
+            if stage not in bars:
+                bars[stage] = stack.enter_context(throughput_bar(stage, total, "item"))
+            bars[stage](done, total)
+
+        yield progress

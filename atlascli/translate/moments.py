@@ -7,6 +7,7 @@ non-zeros cost (SAE codes are ~1% dense).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,8 @@ def sparse_cross(s: np.ndarray, c: Any, block: int = SPARSE_BLOCK) -> np.ndarray
     float32, so only the within-batch sums round); callers accumulate batches in float64.
     """
     ct = c.T.tocsr().astype(np.float32)
-    with torch.sparse.check_sparse_tensor_invariants(False):
+    with torch.sparse.check_sparse_tensor_invariants(False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         tc = torch.sparse_csr_tensor(torch.from_numpy(ct.indptr.astype(np.int64)),
                                      torch.from_numpy(ct.indices.astype(np.int64)),
                                      torch.from_numpy(ct.data), size=ct.shape)
