@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/steer.py
 
 lint: setup
 	$(BIN)/ruff check atlascli tests bench

@@ -99,3 +99,17 @@ def tiny_dataset(isolated_home: Path, tmp_path: Path):
     path.write_text(" ".join(lines))
     art, _ = prepare_corpus(CorpusConfig(name="tiny", inputs=(str(path),), low_pct=0, high_pct=100))
     return art
+
+
+@pytest.fixture()
+def aligned(tiny_models, tiny_dataset):
+    """A tiny trained atlas (GPT-2 foundation) and Procrustes + covariance translations of tiny Llama layer 2."""
+    from atlascli.atlas import AtlasBuildConfig, build_atlas, resolve_atlas
+    from atlascli.fit import FitConfig, fit
+
+    art = build_atlas(AtlasBuildConfig(name="tiny", foundation=str(tiny_models["gpt2"]), layer=1, width=64, k=4,
+                                       dataset="tiny", train_sentences=150, max_tokens=4000, epochs=4,
+                                       batch_size=256, lr=3e-3, label_sentences=150, top_samples=5))
+    fits = fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=art.id, dataset="tiny",
+                         limit=150, methods="procrustes,cov"))
+    return resolve_atlas(art.id), fits

@@ -6,24 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from atlascli.atlas import AtlasBuildConfig, build_atlas, resolve_atlas
 from atlascli.cli.main import main
 from atlascli.concepts import list_concepts, load_concept, save_concept
 from atlascli.errors import InputError, NotFoundError
-from atlascli.fit import FitConfig, fit
 from atlascli.registry import Registry
 from atlascli.search import atlas_codes, query_from_examples, query_from_features, resolve_alignment, search
 from atlascli.translate import StoredTranslation
-
-
-@pytest.fixture()
-def aligned(tiny_models, tiny_dataset):
-    art = build_atlas(AtlasBuildConfig(name="tiny", foundation=str(tiny_models["gpt2"]), layer=1, width=64, k=4,
-                                       dataset="tiny", train_sentences=150, max_tokens=4000, epochs=4,
-                                       batch_size=256, lr=3e-3, label_sentences=150, top_samples=5))
-    fits = fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=art.id, dataset="tiny",
-                         limit=150, methods="procrustes,cov"))
-    return resolve_atlas(art.id), fits
 
 
 def test_fit_reuses_the_atlas_labelling_codes(aligned):

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err, staged_bars
+from atlascli.cli.common import console, emit_artifact, emit_json, err, staged_bars
+from atlascli.registry import Artifact
 
 app = typer.Typer(no_args_is_help=True, help="Concept Atlases: a foundation model's SAE with a label per feature.")
 concept_app = typer.Typer(no_args_is_help=True, help="Named concept queries.")
@@ -39,15 +40,12 @@ def build(
     with staged_bars(json_out) as progress:
         art = build_atlas(cfg, progress=progress)
     if json_out:
-        emit_json({"id": art.id, "provenance": art.provenance, "meta": art.meta})
+        emit_artifact(art)
         return
     _summary(art)
 
 
-def _summary(art: object) -> None:
-    from atlascli.registry import Artifact
-
-    assert isinstance(art, Artifact)
+def _summary(art: Artifact) -> None:
     p, q = art.provenance, art.meta.get("quality", {})
     table = Table(title=f"atlas {art.id}", show_header=False)
     table.add_row("foundation", f"{p['foundation']} layer {p['layer']} ({p['site']})")
@@ -74,7 +72,7 @@ def import_cmd(
 
     with err.status("importing atlas"):
         art = import_atlas(sae, labels, foundation, layer, site, name)
-    emit_json({"id": art.id, "provenance": art.provenance}) if json_out else _summary(art)
+    emit_artifact(art) if json_out else _summary(art)
 
 
 @app.command("ls")
@@ -107,7 +105,7 @@ def show(ref: str | None = typer.Argument(None, help="Atlas id or name (latest w
     atlas = resolve_atlas(ref)
     if feature is None:
         if json_out:
-            emit_json({"id": atlas.id, "provenance": atlas.artifact.provenance, "meta": atlas.artifact.meta})
+            emit_artifact(atlas.artifact)
         else:
             _summary(atlas.artifact)
         return

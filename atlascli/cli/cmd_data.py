@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err
+from atlascli.cli.common import console, emit_artifact, err
+from atlascli.registry import Artifact
 
 app = typer.Typer(no_args_is_help=True, help="Prepare corpora (paper appendix A.2).")
 
@@ -34,15 +33,12 @@ def prepare(
     for w in warnings:
         err.print(f"[yellow]warning:[/] {w}")
     if json_out:
-        emit_json({"id": art.id, "provenance": art.provenance, "meta": art.meta})
+        emit_artifact(art)
         return
     _show(art)
 
 
-def _show(art: object) -> None:
-    from atlascli.registry import Artifact
-
-    assert isinstance(art, Artifact)
+def _show(art: Artifact) -> None:
     p, stats = art.provenance, art.meta.get("stats", {})
     table = Table(title=f"dataset {art.id}", show_header=False)
     table.add_row("fingerprint", p["dataset_fingerprint"])
@@ -62,9 +58,9 @@ def show(ref: str = typer.Argument("default", help="Dataset id or name."),
 
     art = resolve_dataset(ref)
     if json_out:
-        emit_json({"id": art.id, "provenance": art.provenance, "meta": art.meta})
+        emit_artifact(art)
     else:
         _show(art)
 
 
-__all__ = ["app", "asdict"]
+

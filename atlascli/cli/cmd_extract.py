@@ -7,7 +7,7 @@ import time
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, parse_ints, throughput_bar
+from atlascli.cli.common import console, emit_artifact, parse_ints, throughput_bar
 
 
 def extract_cmd(
@@ -39,7 +39,7 @@ def extract_cmd(
         art = extract(cfg, progress=lambda d, t, tok: update(d, t, tok))
     secs = time.perf_counter() - start
     if json_out:
-        emit_json({"id": art.id, "seconds": secs, "provenance": art.provenance, "meta": art.meta})
+        emit_artifact(art, seconds=secs)
         return
     table = Table(title=f"activations {art.id}", show_header=False)
     p = art.provenance

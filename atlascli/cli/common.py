@@ -74,3 +74,8 @@ def staged_bars(quiet: bool = False) -> Iterator[Callable[[str, int, int], None]
             bars[stage](done, total)
 
         yield progress
+
+
+def emit_artifact(art: Any, **extra: Any) -> None:
+    """Print an artifact's id, provenance and metadata (plus ``extra``) as JSON on stdout."""
+    emit_json({"id": art.id, "kind": art.kind, "provenance": art.provenance, "meta": art.meta, **extra})

@@ -1,0 +1,151 @@
+"""Steering along atlas concepts (paper eq. 4): a(mod) = (a + lambda s) * |a| / |a + lambda s|, per token,
+at one or many layers at once; hooks always remove themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from atlascli.errors import InputError
+from atlascli.hooks import add_to_sites
+
+
+def renormalised_add(vector: torch.Tensor, lam: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The edit of eq. 4 for one site: add lam * vector, then rescale each token to its original norm."""
+
+    def edit(a: torch.Tensor) -> torch.Tensor:
+        v = vector.to(device=a.device, dtype=a.dtype)
+        b = a + lam * v
+        scale = a.norm(dim=-1, keepdim=True) / b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return b * scale
+
+    return edit
+
+
+@contextmanager
+def steering(model: nn.Module, site: str, vectors: dict[int, torch.Tensor],
+             lambdas: dict[int, float]) -> Iterator[None]:
+    """Steer ``model`` while inside the block: layer -> s_c, with a per-layer lambda."""
+    missing = set(vectors) - set(lambdas)
+    if missing:
+        raise InputError(f"no lambda for layer(s) {sorted(missing)}", "give one lambda or one per layer")
+    with add_to_sites(model, site, {layer: renormalised_add(v, lambdas[layer]) for layer, v in vectors.items()}):
+        yield
+
+
+def random_like(vectors: dict[int, torch.Tensor], seed: int = 0) -> dict[int, torch.Tensor]:
+    """Random directions with the same norms (the paper's random-steering baseline)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer, v in vectors.items():
+        r = torch.randn(v.shape, generator=gen)
+        out[layer] = r * (v.norm() / r.norm())
+    return out
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to generate."""
+
+    max_new_tokens: int = 60
+    """Tokens generated per prompt."""
+    sample: bool = False
+    """Sample (with ``temperature``/``top_p``) instead of greedy decoding."""
+    temperature: float = 0.8
+    """Sampling temperature."""
+    top_p: float = 0.95
+    """Nucleus sampling."""
+    seed: int = 0
+    """Seed of sampling."""
+    chat: bool = True
+    """Wrap prompts in the chat template when the tokenizer has one."""
+
+
+def format_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[str]:
+    """Apply the chat template (user turn + generation prompt) when there is one and ``chat`` is on."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True) for p in prompts]
+    return prompts
+
+
+@torch.inference_mode()
+def generate(lm: Any, prompts: list[str], cfg: GenerationConfig) -> list[str]:
+    """Continuations of ``prompts`` (batched, left-padded), without the prompt text."""
+    if not prompts or any(not p.strip() for p in prompts):
+        raise InputError("empty prompt", "give non-empty prompts")
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    texts = format_prompts(tok, prompts, cfg.chat)
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not (cfg.chat and tok.chat_template))
+    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    torch.manual_seed(cfg.seed)
+    kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tok.pad_token_id,
+                              "do_sample": cfg.sample}
+    if cfg.sample:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    out = lm.model.generate(**enc, **kwargs)
+    return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@dataclass(frozen=True)
+class SteerResult:
+    """Generations per lambda (0 = unsteered)."""
+
+    prompts: list[str]
+    """The prompts."""
+    generations: dict[float, list[str]]
+    """lambda -> one continuation per prompt."""
+    layers: list[int]
+    """Steered layers."""
+    vector_norms: dict[int, float] = field(default_factory=dict)
+    """|s_c| per layer."""
+    random: bool = False
+    """Whether a random direction of the same norm was used."""
+
+
+def steer_sweep(lm: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: list[float], prompts: list[str],
+                cfg: GenerationConfig, layer_scale: dict[int, float] | None = None) -> SteerResult:
+    """Generate for every lambda of a sweep (lambda 0 runs without hooks)."""
+    out: dict[float, list[str]] = {}
+    for lam in lambdas:
+        if lam == 0:
+            out[lam] = generate(lm, prompts, cfg)
+            continue
+        per_layer = {layer: lam * (layer_scale or {}).get(layer, 1.0) for layer in vectors}
+        with steering(lm.model, site, vectors, per_layer):
+            out[lam] = generate(lm, prompts, cfg)
+    return SteerResult(prompts, out, sorted(vectors), {k: float(v.norm()) for k, v in vectors.items()})
+
+
+def concept_vectors(query: Any, registry: Any, atlas: Any, subject: str | None, layers: list[int] | None,
+                    method: str = "procrustes") -> tuple[dict[int, torch.Tensor], list[Any]]:
+    """s_c = T_hat q / |q| at each layer, from that layer's alignment (all fitted layers by default)."""
+    from atlascli.search import subject_similarity
+
+    found = [a for a in registry.find("alignment", method=method, atlas=atlas.id)
+             if subject is None or a.provenance["subject"] == subject]
+    if not found:
+        raise InputError(f"no {method} alignment to atlas {atlas.id}", "fit one with `atlas fit --layers ...`")
+    subject = subject or found[-1].provenance["subject"]
+    by_layer: dict[int, Any] = {}
+    for a in found:
+        if a.provenance["subject"] == subject:
+            by_layer[int(a.provenance["layer"])] = a  # the newest wins
+    wanted = layers or sorted(by_layer)
+    missing = [layer for layer in wanted if layer not in by_layer]
+    if missing:
+        raise InputError(f"no {method} translation for layer(s) {missing} of {subject} (fitted: {sorted(by_layer)})",
+                         f"run `atlas fit --subject {subject} --layers {','.join(map(str, missing))} --method {method}`")
+    sites = {by_layer[layer].provenance["site"] for layer in wanted}
+    if len(sites) != 1:
+        raise InputError(f"the chosen layers were fitted at different sites {sorted(sites)}", "steer one site at a time")
+    arts = [by_layer[layer] for layer in wanted]
+    return {layer: subject_similarity(query, by_layer[layer]) for layer in wanted}, arts

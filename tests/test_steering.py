@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from atlascli.cli.main import main
+from atlascli.errors import InputError
+from atlascli.hooks import record_sites
+from atlascli.models import blocks, load_model
+from atlascli.registry import Registry
+from atlascli.search import query_from_features
+from atlascli.steering import (
+    GenerationConfig,
+    concept_vectors,
+    generate,
+    random_like,
+    renormalised_add,
+    steer_sweep,
+    steering,
+)
+
+
+def test_eq4_matches_numpy():
+    rng = np.random.default_rng(0)
+    a, s = rng.normal(size=(3, 7, 16)), rng.normal(size=16)
+    lam = 2.5
+    got = renormalised_add(torch.from_numpy(s), lam)(torch.from_numpy(a)).numpy()
+    b = a + lam * s
+    ref = b * np.linalg.norm(a, axis=-1, keepdims=True) / np.linalg.norm(b, axis=-1, keepdims=True)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(a, axis=-1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("site,width", [("mlp", 48), ("resid", 32)])
+def test_steering_edits_exactly_the_site_and_cleans_up(tiny_models, site, width):
+    lm = load_model(str(tiny_models["llama"]))
+    enc = lm.tokenizer(["The dog barked at the cat."], return_tensors="pt")
+    v = torch.randn(width, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), record_sites(lm.model, [1], site, stop_after=False) as plain:
+        base_logits = lm.model(**enc).logits
+    with torch.no_grad(), steering(lm.model, site, {1: v}, {1: 3.0}):
+        with record_sites(lm.model, [1], site, stop_after=False) as steered:
+            steered_logits = lm.model(**enc).logits
+    # hooks run in registration order and pass their replacement on: the recorder sees the steered site,
+    # and steering at layer 1 does not change what layer 1 receives, so steered == eq. 4 of the plain site
+    torch.testing.assert_close(steered[1], renormalised_add(v, 3.0)(plain[1]))
+    assert not torch.allclose(base_logits, steered_logits)
+    before = [len(b._forward_hooks) + len(b.mlp.down_proj._forward_pre_hooks) for b in blocks(lm.model)]
+    with pytest.raises(RuntimeError):
+        with steering(lm.model, site, {0: v, 2: v}, {0: 1.0, 2: 5.0}):
+            raise RuntimeError("boom")
+    assert [len(b._forward_hooks) + len(b.mlp.down_proj._forward_pre_hooks) for b in blocks(lm.model)] == before
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(**enc).logits, base_logits)
+    with pytest.raises(InputError, match="no lambda"):
+        with steering(lm.model, site, {0: v}, {}):
+            pass
+
+
+def test_zero_lambda_at_a_layer_is_a_no_op(tiny_models):
+    lm = load_model(str(tiny_models["llama"]))
+    enc = lm.tokenizer(["Music plays loudly."], return_tensors="pt")
+    v = torch.randn(48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), steering(lm.model, "mlp", {1: v}, {1: 4.0}):
+        one = lm.model(**enc).logits
+    with torch.no_grad(), steering(lm.model, "mlp", {1: v, 2: v}, {1: 4.0, 2: 0.0}):
+        two = lm.model(**enc).logits
+    torch.testing.assert_close(one, two)
+
+
+def test_random_baseline_keeps_norms():
+    vec = {3: torch.randn(20), 7: torch.randn(20) * 5}
+    r1, r2 = random_like(vec, 0), random_like(vec, 0)
+    for layer in vec:
+        assert float(r1[layer].norm()) == pytest.approx(float(vec[layer].norm()), rel=1e-5)
+        assert torch.equal(r1[layer], r2[layer])
+        assert abs(float(torch.nn.functional.cosine_similarity(r1[layer], vec[layer], dim=0))) < 0.9
+
+
+def test_generation_and_sweep(tiny_models):
+    lm = load_model(str(tiny_models["llama"]))
+    cfg = GenerationConfig(max_new_tokens=6)
+    a = generate(lm, ["The dog", "A cat sat on"], cfg)
+    assert a == generate(lm, ["The dog", "A cat sat on"], cfg) and len(a) == 2
+    v = torch.randn(48, generator=torch.Generator().manual_seed(0))
+    res = steer_sweep(lm, "mlp", {1: v, 2: v}, [0.0, 50.0], ["The dog"], cfg)
+    assert res.generations[0.0] == generate(lm, ["The dog"], cfg)
+    assert set(res.generations) == {0.0, 50.0} and res.layers == [1, 2]
+    with pytest.raises(InputError, match="empty prompt"):
+        generate(lm, ["  "], cfg)
+
+
+def test_concept_vectors_and_missing_layers(aligned):
+    atlas, fits = aligned
+    q = query_from_features("3,7", atlas)
+    vecs, arts = concept_vectors(q, Registry(), atlas, None, None)
+    assert list(vecs) == [2] and vecs[2].shape == (48,)
+    with pytest.raises(InputError, match=r"layer\(s\) \[1\].*fitted: \[2\].*atlas fit"):
+        concept_vectors(q, Registry(), atlas, None, [1, 2])
+
+
+def test_steer_cli(aligned, capsys, tmp_path):
+    code = main(["steer", "--features", "3,7", "--lambda", "20", "--prompt", "The dog", "--max-new-tokens", "5",
+                 "--sweep", "-20,20", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = json.loads(out.out)
+    assert set(data["generations"]) == {"0.0", "-20.0", "20.0"} and data["layers"] == [2]
+    code = main(["steer", "--features", "3", "--lambda", "big"])
+    assert code == 2 and "must be numbers" in capsys.readouterr().err
+    empty = tmp_path / "p.txt"
+    empty.write_text("\n\n")
+    code = main(["steer", "--features", "3", "--prompts", str(empty)])
+    assert code == 2 and "no prompts" in capsys.readouterr().err
+    code = main(["steer", "--features", "3", "--layers", "1"])
+    assert code == 2 and "atlas fit" in capsys.readouterr().err
+    code = main(["steer", "--features", "3", "--random", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["random"] is True
