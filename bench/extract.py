@@ -104,6 +104,14 @@ def main() -> None:
         }
         del lm
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    # the peak is noisy on a shared machine: measure it again after the runs and keep the higher one
+    peak_end = matmul_peak_gflops()
+    if peak_end > peak:
+        for name in CASES:
+            for part in ("atlas", "naive_baseline"):
+                results[name][part]["fraction_of_matmul_peak"] *= peak / peak_end  # type: ignore[index]
+        results["matmul_peak_gflops"] = peak_end
+    results["matmul_peak_gflops_start_end"] = [peak, peak_end]
     rss = {}
     for n in [int(x) for x in args.rss_sizes.split(",")]:
         code = (f"import os; os.environ['ATLAS_HOME']={str(home)!r}\n"
