@@ -4,7 +4,7 @@ each translation as an ``alignment`` artifact."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -133,7 +133,3 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
             out.append(stage.commit(prov, {"info": tr.info, "config": {"ridge": cfg.ridge, "k": cfg.k}}))
     return out
 
-
-def with_layers(cfg: FitConfig, layers: tuple[int, ...]) -> FitConfig:
-    """Copy of ``cfg`` for other layers."""
-    return replace(cfg, layers=layers)

@@ -317,7 +317,3 @@ def zoo_table() -> list[dict[str, str]]:
         rows.append({"name": name, "role": e.role, "description": e.description, "installed": installed})
     return rows
 
-
-def dump_json(obj: Any) -> str:
-    """JSON for provenance comparisons."""
-    return json.dumps(obj, sort_keys=True)

@@ -113,3 +113,16 @@ def aligned(tiny_models, tiny_dataset):
     fits = fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=art.id, dataset="tiny",
                          limit=150, methods="procrustes,cov"))
     return resolve_atlas(art.id), fits
+
+
+def save_random_topk_sae(folder: Path, d_in: int, d_sae: int, k: int, seed: int) -> Path:
+    """A TopK SAE with random N(0, 0.3) weights saved in sae-lens format (a stand-in for unit tests)."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+    sae.save_model(folder)
+    return folder

@@ -115,14 +115,10 @@ def test_bad_layers_and_splits(tiny_models, tiny_dataset):
 
 
 def test_sae_codes_are_stored_sparsely_and_match_dense_encoding(tiny_models, tiny_dataset, tmp_path):
-    from sae_lens import TopKSAE, TopKSAEConfig
+    from conftest import save_random_topk_sae
+    from sae_lens import SAE
 
-    torch.manual_seed(0)
-    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=4))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.normal_(0, 0.3)
-    sae.save_model(tmp_path / "sae")
+    sae = SAE.load_from_disk(str(save_random_topk_sae(tmp_path / "sae", 32, 64, 4, seed=0)))
     model = str(tiny_models["llama"])
     art = extract(ExtractConfig(model=model, layers=(2,), site="resid", dataset="tiny", limit=30, sae=str(tmp_path / "sae"),
                                 shard_size=16, batch_tokens=64))

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from safetensors import safe_open
 
 from atlascli.errors import InputError, NotFoundError
@@ -55,14 +54,9 @@ def test_fit_without_atlas_says_how_to_get_one(tiny_models, tiny_dataset):
 
 
 def test_fit_against_sparse_sae_codes(tiny_models, tiny_dataset, tmp_path):
-    from sae_lens import TopKSAE, TopKSAEConfig
+    from conftest import save_random_topk_sae
 
-    torch.manual_seed(1)
-    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=96, k=6))
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.normal_(0, 0.3)
-    sae.save_model(tmp_path / "sae")
+    save_random_topk_sae(tmp_path / "sae", 32, 96, 6, seed=1)
     codes = extract(ExtractConfig(model=str(tiny_models["gpt2"]), layers=(1,), dataset="tiny", limit=100,
                                   sae=str(tmp_path / "sae")))
     arts = fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), atlas=codes.id, dataset="tiny", limit=100,
