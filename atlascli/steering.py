@@ -38,6 +38,22 @@ def steering(model: nn.Module, site: str, vectors: dict[int, torch.Tensor],
         yield
 
 
+@torch.inference_mode()
+def site_norms(lm: Any, site: str, layers: list[int], prompts: list[str], chat: bool = True) -> dict[int, float]:
+    """Median per-token norm of ``site`` at each layer over ``prompts`` (the scale of "relative" lambdas:
+    MLP-neuron norms of SmolLM2 grow ~25x from layer 3 to 29, so one absolute lambda cannot fit all layers)."""
+    from atlascli.hooks import record_sites, run_until
+
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    enc = tok(format_prompts(tok, prompts, chat), return_tensors="pt", padding=True,
+              add_special_tokens=not (chat and tok.chat_template))
+    mask = enc["attention_mask"].bool()
+    with record_sites(lm.model, layers, site) as rec:
+        run_until(lm.model, **{k: v.to(lm.device) for k, v in enc.items()})
+    return {layer: float(rec[layer][mask.to(rec[layer].device)].float().norm(dim=-1).quantile(0.5)) for layer in layers}
+
+
 def random_like(vectors: dict[int, torch.Tensor], seed: int = 0) -> dict[int, torch.Tensor]:
     """Random directions with the same norms (the paper's random-steering baseline)."""
     gen = torch.Generator().manual_seed(seed)
@@ -77,7 +93,7 @@ def format_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[str]:
 @torch.inference_mode()
 def generate(lm: Any, prompts: list[str], cfg: GenerationConfig) -> list[str]:
     """Continuations of ``prompts`` (batched, left-padded), without the prompt text."""
-    if not prompts or any(not p.strip() for p in prompts):
+    if not prompts or any(not p for p in prompts):  # " " is allowed: it is one of the paper's seed prompts
         raise InputError("empty prompt", "give non-empty prompts")
     tok = lm.tokenizer
     tok.padding_side = "left"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: corpus -> Concept Atlas (Gemma 3 270M + TopK SAE trained here)
-# -> translations of SmolLM2-135M-Instruct at three layers with all five methods -> concept search.
+# -> translations of SmolLM2-135M-Instruct at three layers with all five methods -> concept search
+# -> translation quality and retrieval of every method (the paper's Tables 3 and 4) -> one steered generation.
 # Everything is cached in the registry ($ATLAS_HOME): a second run reuses every artifact.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,7 @@ $atlas fit --subject smollm2-135m-instruct --layers 3,12,19 --site mlp --method 
 for concept in "dogs and cats" "food and eating" "cars and driving" "London" "music"; do
   $atlas search "$concept" --subject smollm2-135m-instruct --layer 19 --top 5 --samples 2
 done
+$atlas evaluate quality,retrieval --subject smollm2-135m-instruct --layers 3,12,19 --test-limit 5000
+$atlas steer --concept "food and cooking" --subject smollm2-135m-instruct --layers 3,12,19 --relative --lambda 1 \
+  --prompt "Once upon a time" --max-new-tokens 40
 $atlas registry ls

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,18 +17,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def offline_env(mp: pytest.MonkeyPatch, root: Path) -> Path:
+    """ATLAS_HOME / HF_HOME under ``root``, hub offline, shared model cache and corpus sources."""
+    home = root / "atlas-home"
+    mp.setenv("ATLAS_HOME", str(home))
+    mp.setenv("HF_HOME", str(root / "hf-home"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    # dequantised .gguf weights are expensive (20-70 s): share them across tests (and runs)
+    mp.setenv("ATLAS_MODEL_CACHE", os.environ.get("ATLAS_TEST_MODEL_CACHE", str(REPO / ".cache" / "test-models")))
+    mp.setenv("ATLAS_CORPUS_SRC", os.environ.get("ATLAS_CORPUS_SRC", str(REPO / ".cache" / "corpus-src")))
+    return home
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point ATLAS_HOME / HF_HOME at a temp dir, go offline; keep one model cache for the session."""
-    home = tmp_path / "atlas-home"
-    monkeypatch.setenv("ATLAS_HOME", str(home))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    # dequantised .gguf weights are expensive (20-70 s): share them across tests (and runs)
-    monkeypatch.setenv("ATLAS_MODEL_CACHE", os.environ.get("ATLAS_TEST_MODEL_CACHE", str(REPO / ".cache" / "test-models")))
-    monkeypatch.setenv("ATLAS_CORPUS_SRC", os.environ.get("ATLAS_CORPUS_SRC", str(REPO / ".cache" / "corpus-src")))
-    return home
+    return offline_env(monkeypatch, tmp_path)
 
 
 def _tiny_tokenizer(folder: Path) -> None:
@@ -126,3 +137,59 @@ def save_random_topk_sae(folder: Path, d_in: int, d_sae: int, k: int, seed: int)
             p.normal_(0, 0.3)
     sae.save_model(folder)
     return folder
+
+
+class JudgeServer:
+    """A tiny OpenAI-compatible endpoint whose answers are scripted per request."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = list(answers)
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.headers.append(dict(self.headers))
+                answer = server.answers.pop(0) if server.answers else "junk"
+                if isinstance(answer, float):  # sleep longer than the client's timeout
+                    time.sleep(answer)
+                    answer = '{"0": 2}'
+                if answer == 500:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                payload = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def judge_server() -> Iterator[Any]:
+    """Start scripted OpenAI-compatible endpoints: ``judge_server(answers)``."""
+    made: list[JudgeServer] = []
+
+    def make(answers: list[Any]) -> JudgeServer:
+        made.append(JudgeServer(answers))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()

@@ -90,7 +90,7 @@ def test_generation_and_sweep(tiny_models):
     assert res.generations[0.0] == generate(lm, ["The dog"], cfg)
     assert set(res.generations) == {0.0, 50.0} and res.layers == [1, 2]
     with pytest.raises(InputError, match="empty prompt"):
-        generate(lm, ["  "], cfg)
+        generate(lm, [""], cfg)
 
 
 def test_concept_vectors_and_missing_layers(aligned):
@@ -119,3 +119,29 @@ def test_steer_cli(aligned, capsys, tmp_path):
     assert code == 2 and "atlas fit" in capsys.readouterr().err
     code = main(["steer", "--features", "3", "--random", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
     assert code == 0 and json.loads(capsys.readouterr().out)["random"] is True
+    code = main(["steer", "--features", "3", "--relative", "--lambda", "0.5", "--prompt", "Hi", "--max-new-tokens", "3",
+                 "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["relative"] is True and data["layer_lambda_scale"]["2"] > 0
+
+
+def test_site_norms_match_a_hand_hook(tiny_models):
+    from atlascli.models import load_model
+    from atlascli.steering import format_prompts, site_norms
+
+    lm = load_model(str(tiny_models["llama"]))
+    prompts = ["The dog", "A cat sat on the mat today"]
+    got = site_norms(lm, "mlp", [1, 2], prompts, chat=False)
+    seen = {}
+    handles = [lm.model.model.layers[i].mlp.down_proj.register_forward_pre_hook(
+        lambda _m, args, i=i: seen.__setitem__(i, args[0])) for i in (1, 2)]
+    lm.tokenizer.padding_side = "left"
+    enc = lm.tokenizer(format_prompts(lm.tokenizer, prompts, False), return_tensors="pt", padding=True)
+    with torch.no_grad():
+        lm.model(**enc)
+    for h in handles:
+        h.remove()
+    mask = enc["attention_mask"].bool()
+    for i in (1, 2):
+        expected = float(np.median(seen[i][mask].norm(dim=-1).numpy()))
+        assert got[i] == pytest.approx(expected, rel=1e-5)

@@ -33,6 +33,7 @@ def steer_cmd(
     max_new_tokens: int = typer.Option(60, help="Tokens to generate."),
     sweep: str | None = typer.Option(None, help="Several lambdas, e.g. -50,-10,0,10,50 (one column each)."),
     random_dir: bool = typer.Option(False, "--random", help="Steer along a random direction of the same norm."),
+    relative: bool = typer.Option(False, "--relative", help="Lambda x each layer's median token norm on the prompts."),
     seed: int = typer.Option(0, help="Seed of sampling and of --random."),
     sample: bool = typer.Option(False, "--sample/--greedy", help="Sample or decode greedily."),
     raw: bool = typer.Option(False, help="Do not apply the chat template."),
@@ -45,7 +46,7 @@ def steer_cmd(
     from atlascli.cli.cmd_search import build_query
     from atlascli.models import load_model
     from atlascli.registry import Registry
-    from atlascli.steering import GenerationConfig, concept_vectors, random_like, steer_sweep
+    from atlascli.steering import GenerationConfig, concept_vectors, random_like, site_norms, steer_sweep
 
     if prompts is not None:
         if not prompts.exists():
@@ -77,11 +78,15 @@ def steer_cmd(
     with err.status(f"loading {p['subject']}"):
         lm = load_model(p["subject"])
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, sample=sample, seed=seed, chat=not raw)
+    if relative:
+        norms = site_norms(lm, p["site"], layer_list, plist, chat=not raw)
+        scale = {layer: scale[layer] * norms[layer] for layer in layer_list}
     with err.status("generating"):
         res = steer_sweep(lm, p["site"], vectors, sweep_vals, plist, cfg, scale)
     if json_out:
         emit_json({"subject": p["subject"], "site": p["site"], "layers": layer_list, "method": method,
-                   "random": random_dir, "query": {"source": query.source, "matches": query.matches},
+                   "random": random_dir, "relative": relative, "layer_lambda_scale": scale,
+                   "query": {"source": query.source, "matches": query.matches},
                    "vector_norms": res.vector_norms, "prompts": plist,
                    "generations": {str(k): v for k, v in res.generations.items()}})
         return

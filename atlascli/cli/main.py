@@ -14,13 +14,14 @@ app = typer.Typer(name="atlas", no_args_is_help=True, add_completion=False, pret
 
 
 def _register() -> None:
-    from atlascli.cli import cmd_atlas, cmd_data, cmd_extract, cmd_fit, cmd_registry, cmd_search, cmd_steer
+    from atlascli.cli import cmd_atlas, cmd_data, cmd_evaluate, cmd_extract, cmd_fit, cmd_registry, cmd_search, cmd_steer
 
     app.add_typer(cmd_data.app, name="data")
     app.add_typer(cmd_atlas.app, name="atlas")
     app.add_typer(cmd_atlas.concept_app, name="concept")
     app.command("search")(cmd_search.search_cmd)
     app.command("steer")(cmd_steer.steer_cmd)
+    app.command("evaluate")(cmd_evaluate.evaluate_cmd)
     app.add_typer(cmd_registry.app, name="registry")
     app.command("models")(cmd_registry.models)
     app.command("extract")(cmd_extract.extract_cmd)

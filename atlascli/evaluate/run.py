@@ -1,0 +1,223 @@
+"""`atlas evaluate`: the paper's three evaluations over methods x layers, stored as a ``report`` artifact."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from atlascli.atlas import Atlas, resolve_atlas
+from atlascli.errors import InputError
+from atlascli.evaluate.data import TestData, load_test_data
+from atlascli.registry import Artifact, Registry, slug
+from atlascli.registry.files import atomic_write_json, sha256_json
+from atlascli.translate import parse_methods
+
+KINDS = ("quality", "retrieval", "steering")
+DEFAULT_STEER_CONCEPTS = ["dogs and cats", "food and cooking", "music", "cars and driving", "weather",
+                          "diseases and medicine", "sports and games", "computers and software", "London",
+                          "plants and gardening"]
+"""Concepts of the steering evaluation when the atlas has no named concepts (text queries over its labels)."""
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What to evaluate."""
+
+    kinds: tuple[str, ...] = KINDS
+    """Any of quality, retrieval, steering."""
+    subject: str | None = None
+    """Subject model (default: that of the latest alignment)."""
+    layers: tuple[int, ...] | None = None
+    """Layers (default: every layer fitted with all requested methods)."""
+    methods: str | None = None
+    """Comma list or ``all`` (strict: each must be fitted at every layer); default: every fitted method."""
+    atlas: str | None = None
+    """Atlas (latest by default)."""
+    seed: int = 0
+    """Seed of feature sampling, random baselines and generation."""
+    test_limit: int = 5000
+    """Held-out test sentences used by quality and retrieval."""
+    features: tuple[int, ...] | None = None
+    """Atlas features of the quality evaluation (default: ``n_features`` sampled)."""
+    n_features: int = 100
+    """Atlas features sampled for quality."""
+    retrieval_features: int = 500
+    """Subject features sampled for retrieval."""
+    set_size: int = 20
+    """Sentences per retrieval concept set."""
+    concepts: tuple[str, ...] | None = None
+    """Steering concepts: names of saved/built-in concepts or text queries."""
+    prompts: tuple[str, ...] | None = None
+    """Seed prompts (default: the paper's 16)."""
+    lambdas: tuple[float, ...] = (-50.0, -10.0, -1.0, 0.0, 1.0, 10.0, 50.0)
+    """Steering factors."""
+    relative_lambda: bool = False
+    """Multiply lambda by each layer's median token norm at the site."""
+    combined: bool = True
+    """Also steer all layers together (the paper's 'Combined' column)."""
+    max_new_tokens: int = 100
+    """Tokens per generation."""
+    sample: bool = False
+    """Sample generations (default greedy)."""
+    judge: str = "embedding"
+    """``embedding[:EMBEDDER]`` or ``openai:MODEL``."""
+    judge_url: str | None = None
+    """Base URL of an OpenAI-compatible endpoint."""
+    judge_fpr: float = 0.05
+    """False-positive rate that calibrates the embedding judge's threshold."""
+    judge_retries: int = 4
+    """Attempts per chat-judge request."""
+    judge_backoff: float = 1.0
+    """First retry delay of the chat judge (seconds, doubling)."""
+    judge_timeout: float = 60.0
+    """Seconds per chat-judge request."""
+    device: str = "cpu"
+    """Device of extraction and generation."""
+
+
+@dataclass
+class Report:
+    """Every number of one evaluation run, with its configuration."""
+
+    config: dict[str, Any]
+    """The :class:`EvaluateConfig` as a dict."""
+    subject: str
+    """Subject model."""
+    atlas: str
+    """Atlas id."""
+    methods: list[str]
+    """Rows."""
+    layers: list[int]
+    """Columns."""
+    alignments: dict[str, dict[str, str]] = field(default_factory=dict)
+    """method -> layer -> alignment id."""
+    quality: dict[str, Any] = field(default_factory=dict)
+    """method -> layer -> {auroc, ap, ...}; plus ``baseline`` and ``features``."""
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    """method -> layer -> {mrr, mpp, ...}; plus ``baseline`` and per-layer ``kept``."""
+    steering: dict[str, Any] = field(default_factory=dict)
+    """method (and ``random``) -> layers label -> {faithfulness, delta_a, unrated, concepts}; plus ``judge``."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Test data used (fingerprint, N)."""
+    artifact: str | None = None
+    """Report artifact id once stored."""
+
+
+def select_alignments(registry: Registry, atlas: Atlas, subject: str | None, layers: tuple[int, ...] | None,
+                      methods: list[str] | None) -> tuple[str, dict[str, dict[int, Artifact]]]:
+    """method -> layer -> newest alignment. Explicit methods must all be fitted at every layer (the error names what
+    is missing and how to fit it); by default, the layers fitted with the most methods and the methods fitted there."""
+    from atlascli.translate.base import METHODS
+
+    found = [a for a in registry.find("alignment", atlas=atlas.id) if subject is None or a.provenance["subject"] == subject]
+    if not found:
+        raise InputError(f"no alignment to atlas {atlas.id}" + (f" for {subject}" if subject else ""),
+                         "fit some with `atlas fit --layers 3,12,19 --method all`")
+    subject = subject or found[-1].provenance["subject"]
+    table: dict[str, dict[int, Artifact]] = {m: {} for m in (methods or METHODS)}
+    for a in found:
+        p = a.provenance
+        if p["subject"] == subject and p["method"] in table:
+            table[p["method"]][int(p["layer"])] = a
+    if methods is None:
+        per_layer = {la: sum(la in t for t in table.values()) for t in table.values() for la in t}
+        wanted = sorted(layers) if layers else sorted(la for la, c in per_layer.items() if c == max(per_layer.values()))
+        table = {m: t for m, t in table.items() if all(la in t for la in wanted)}
+        if not table:
+            raise InputError(f"no method of {subject} is fitted at every layer {wanted}",
+                             f"run `atlas fit --subject {subject} --layers {','.join(map(str, wanted))} --method all`")
+    else:
+        wanted = sorted(layers) if layers else sorted(set.intersection(*(set(t) for t in table.values())))
+        if not wanted:
+            have = {m: sorted(t) for m, t in table.items()}
+            raise InputError(f"no layer of {subject} is fitted with every method {methods} (fitted: {have})",
+                             "fit them with `atlas fit --layers ... --method all`, or pass fewer --methods")
+    missing = {m: [la for la in wanted if la not in t] for m, t in table.items()}
+    missing = {m: v for m, v in missing.items() if v}
+    if missing:
+        first = next(iter(missing.items()))
+        raise InputError(f"missing translations of {subject}: {missing}",
+                         f"run `atlas fit --subject {subject} --layers {','.join(map(str, first[1]))} --method {first[0]}`")
+    return subject, {m: {la: t[la] for la in wanted} for m, t in table.items()}
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Progress | None = None) -> Report:
+    """Run the requested evaluations and store the report artifact."""
+    registry = registry or Registry()
+    bad = [k for k in cfg.kinds if k not in KINDS]
+    if bad or not cfg.kinds:
+        raise InputError(f"unknown evaluation {bad or 'none'}", f"use {', '.join(KINDS)} or all")
+    atlas = resolve_atlas(cfg.atlas, registry)
+    subject, table = select_alignments(registry, atlas, cfg.subject, cfg.layers,
+                                       parse_methods(cfg.methods) if cfg.methods else None)
+    methods = list(table)
+    layers = sorted(next(iter(table.values())))
+    report = Report(asdict(cfg), subject, atlas.id, methods, layers,
+                    {m: {str(la): a.id for la, a in t.items()} for m, t in table.items()})
+    all_arts = [a for t in table.values() for a in t.values()]
+    data: TestData | None = None
+    if "quality" in cfg.kinds or "retrieval" in cfg.kinds:
+        stage_cb = (lambda stage: (lambda d, t, _tok: progress(stage, d, t))) if progress else None
+        data = load_test_data(all_arts, atlas, cfg.test_limit, registry, stage_cb, cfg.device)
+        report.data = {"dataset_fingerprint": data.dataset_fingerprint, "n_test": data.n, "split": "test"}
+    if "quality" in cfg.kinds:
+        assert data is not None
+        from atlascli.evaluate.quality import sample_features, translation_quality
+
+        feats = sample_features(data.atlas_positive_counts(), data.n, cfg.n_features, cfg.seed,
+                                list(cfg.features) if cfg.features else None)
+        for i, layer in enumerate(layers):
+            res, base = translation_quality(data, [table[m][layer] for m in methods], feats, cfg.seed)
+            for m in methods:
+                r = res[table[m][layer].id]
+                report.quality.setdefault(m, {})[str(layer)] = {
+                    "auroc": _finite(r.auroc), "ap": _finite(r.ap), "auroc_std": _finite(r.auroc_std),
+                    "ap_std": _finite(r.ap_std)}
+            b = base[layer]
+            report.quality.setdefault("baseline", {})[str(layer)] = {
+                "positive_rate": b.positive_rate, "random_auroc": _finite(b.random_auroc), "random_ap": _finite(b.random_ap)}
+            if progress:
+                progress("quality", i + 1, len(layers))
+        report.quality["features"] = feats
+    if "retrieval" in cfg.kinds:
+        assert data is not None
+        from atlascli.evaluate.retrieval import concept_sets, random_retrieval, retrieval
+
+        for i, layer in enumerate(layers):
+            sets = concept_sets(data, layer, cfg.retrieval_features, cfg.set_size, cfg.seed)
+            for m in methods:
+                rr = retrieval(sets, table[m][layer])
+                report.retrieval.setdefault(m, {})[str(layer)] = asdict(rr)
+            ds = int(table[methods[0]][layer].provenance["shape"][0])
+            report.retrieval.setdefault("baseline", {})[str(layer)] = asdict(random_retrieval(len(sets.kept), ds, cfg.seed))
+            report.retrieval.setdefault("kept", {})[str(layer)] = {"kept": len(sets.kept), "sampled": len(sets.candidates),
+                                                                   "set_size": sets.set_size}
+            if progress:
+                progress("retrieval", i + 1, len(layers))
+    if "steering" in cfg.kinds:
+        from atlascli.evaluate.steer_run import run_steering
+
+        report.steering = run_steering(cfg, registry, atlas, subject, table, progress)
+    return store_report(report, registry, all_arts)
+
+
+def store_report(report: Report, registry: Registry, parents: list[Artifact]) -> Report:
+    """Write ``report.json`` as a ``report`` artifact (parents: the alignments and the atlas)."""
+    key = sha256_json({"config": report.config, "alignments": report.alignments, "data": report.data})
+    art_id = f"report-{slug(report.subject)}-{'-'.join(report.config['kinds'])}-{key[:10]}"
+    if registry.exists(art_id, "report"):
+        registry.remove(art_id)
+    stage = registry.stage("report", art_id, parents=[report.atlas, *[a.id for a in parents]])
+    report.artifact = art_id
+    atomic_write_json(stage.path / "report.json", asdict(report))
+    stage.commit({"subject": report.subject, "atlas": report.atlas, "kinds": list(report.config["kinds"]),
+                  "methods": report.methods, "layers": report.layers, "seed": report.config["seed"], **report.data})
+    return report

@@ -1,0 +1,117 @@
+"""The steering part of `atlas evaluate`: resolve concepts and judge, then score every (method, layers) cell."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from atlascli.atlas import Atlas
+from atlascli.errors import InputError
+from atlascli.evaluate.faithfulness import SEED_PROMPTS, CellResult, SteeringEval
+from atlascli.judges import ChatJudge, EmbeddingJudge, Judge, calibrate_threshold, judge_accuracy, parse_judge
+from atlascli.registry import Artifact, Registry
+from atlascli.search import ConceptQuery
+
+if TYPE_CHECKING:
+    from atlascli.evaluate.run import EvaluateConfig
+
+
+def resolve_concepts(names: list[str], atlas: Atlas, registry: Registry) -> dict[str, ConceptQuery]:
+    """Saved / built-in concepts by name, else text queries over the atlas labels."""
+    from atlascli.concepts import load_concept
+    from atlascli.search import query_from_text
+
+    out: dict[str, ConceptQuery] = {}
+    for name in names:
+        q = load_concept(name, atlas, registry)
+        if q is None:
+            q = query_from_text(name, atlas, top_features=5)
+        out[name] = q
+    if not out:
+        raise InputError("no steering concepts", "pass --concepts 'dogs and cats,music'")
+    return out
+
+
+def default_concepts(atlas: Atlas, registry: Registry) -> list[str]:
+    """The atlas' named concepts (the paper's Table 8 for Gemma Scope 16k L20), else a fixed broad list."""
+    from atlascli.concepts import list_concepts
+    from atlascli.evaluate.run import DEFAULT_STEER_CONCEPTS
+
+    named = [c["name"] for c in list_concepts(atlas, registry)]
+    return named or list(DEFAULT_STEER_CONCEPTS)
+
+
+def build_judge(cfg: EvaluateConfig, concepts: list[str], registry: Registry, dataset_id: str) -> tuple[Judge, dict[str, Any]]:
+    """The judge, with the embedding judge's threshold calibrated on held-out sentences."""
+    from atlascli.corpus import load_split
+
+    judge = parse_judge(cfg.judge, cfg.judge_url)
+    info: dict[str, Any] = {"judge": cfg.judge}
+    if isinstance(judge, EmbeddingJudge):
+        sentences = load_split(registry.get(dataset_id, "dataset"), "test")
+        sample = random.Random(cfg.seed).sample(sentences, min(2000, len(sentences)))
+        judge.threshold = calibrate_threshold(concepts, sample, cfg.judge_fpr, judge.embedder)
+        info.update(threshold=judge.threshold, calibration=f"{1 - cfg.judge_fpr:.2f} quantile of concept-sentence cosines "
+                    f"over {len(sample)} test sentences (false-positive rate {cfg.judge_fpr})",
+                    accuracy_on_paper_examples=judge_accuracy(judge))
+    elif isinstance(judge, ChatJudge):
+        judge.retries, judge.backoff, judge.timeout = max(1, cfg.judge_retries), cfg.judge_backoff, cfg.judge_timeout
+        info.update(retries=judge.retries, timeout=judge.timeout, url=judge.url, samples=judge.samples,
+                    temperature=judge.temperature)
+    return judge, info
+
+
+def _cell_json(cell: CellResult) -> dict[str, Any]:
+    def fin(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
+    return {"faithfulness": fin(cell.faithfulness), "delta_a": fin(cell.delta_a), "unrated": cell.unrated,
+            "concepts": {name: {**asdict(s), "rates": {str(k): fin(v) for k, v in s.rates.items()},
+                                "faithfulness": fin(s.faithfulness), "delta_a": fin(s.delta_a)}
+                         for name, s in cell.concepts.items()}}
+
+
+def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject: str,
+                 table: dict[str, dict[int, Artifact]], progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    """method (and ``random``) -> layers label -> cell; plus the judge, prompts and examples."""
+    from atlascli.models import load_model
+    from atlascli.steering import GenerationConfig, site_norms
+
+    methods = list(table)
+    layers = sorted(table[methods[0]])
+    first = table[methods[0]][layers[0]].provenance
+    names = list(cfg.concepts) if cfg.concepts else default_concepts(atlas, registry)
+    concepts = resolve_concepts(names, atlas, registry)
+    prompts = list(cfg.prompts) if cfg.prompts else list(SEED_PROMPTS)
+    judge, judge_info = build_judge(cfg, names, registry, first["dataset"])
+    lm = load_model(subject, cfg.device)
+    foundation = load_model(atlas.artifact.provenance["foundation"], cfg.device)
+    norms = site_norms(lm, first["site"], layers, prompts) if cfg.relative_lambda else None
+    ev = SteeringEval(lm, first["site"], concepts, prompts, [*cfg.lambdas, 0.0],
+                      GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed),
+                      judge, atlas, foundation, norms, progress)
+    columns: dict[str, list[int]] = {str(layer): [layer] for layer in layers}
+    if cfg.combined and len(layers) > 1:
+        columns["combined"] = layers
+    out: dict[str, Any] = {}
+    examples: dict[str, Any] = {}
+    for method in [*methods, "random"]:
+        src = table["procrustes" if "procrustes" in table else methods[0]] if method == "random" else table[method]
+        for label, cols in columns.items():
+            gens: dict[str, dict[float, list[str]]] = {}
+            cell = ev.cell(f"{method} L{label}", {la: src[la] for la in cols},
+                           random_seed=cfg.seed if method == "random" else None, generations=gens)
+            out.setdefault(method, {})[label] = _cell_json(cell)
+            examples.setdefault(method, {})[label] = {
+                name: {str(s.best_lambda): gens[name].get(s.best_lambda, []) if s.best_lambda is not None else []}
+                for name, s in cell.concepts.items()}
+    failures = getattr(judge, "failures", [])
+    return {"cells": out, "columns": list(columns), "judge": {**judge_info, "failed_attempts": len(failures),
+                                                               "failures": failures[:20]},
+            "concepts": {n: {"features": q.features, "weights": q.weights, "source": q.source} for n, q in concepts.items()},
+            "prompts": prompts, "lambdas": sorted(set(ev.lambdas)), "relative_lambda": cfg.relative_lambda,
+            "site_norms": {str(k): v for k, v in (norms or {}).items()},
+            "unsteered": {name: ev.unsteered(name)[0] for name in concepts}, "examples": examples}

@@ -1,0 +1,271 @@
+"""Judges of concept expression for steering faithfulness (paper 4.4, A.7): ratings 0 (absent), 1 (vague), 2 (present).
+
+* :class:`EmbeddingJudge` (offline default): 2 when the embedder's cosine between a generation and the concept name
+  reaches a threshold calibrated at a chosen false-positive rate on held-out corpus sentences, else 0.
+* :class:`ChatJudge`: any OpenAI-compatible ``/chat/completions`` endpoint with the paper's rating prompt, median of
+  3 samples at temperature 1. Timeouts, HTTP errors and junk answers are retried with exponential backoff; items still
+  without a rating are returned as ``None`` (unrated) and counted by the caller, never scored 0.
+
+This module talks to the user's judge endpoint (stdlib ``urllib``); the Hugging Face Hub stays in ``registry/hub.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import statistics
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from atlascli.errors import InputError
+
+RATING_PROMPT = """You are given a TOPIC and a set of sequences. Score each sequence for whether the TOPIC is expressed,
+counting either literal string matches or clear semantic references (either is sufficient).
+Scoring: 2 = present. 1 = vague/partial. 0 = not expressed. Score independently per sequence.
+Each sequence has a unique ID. Provide your ratings as a Python dictionary with sequence IDs as keys and
+respective ratings as values.
+Output only the dictionary - no additional text, comments, or symbols.
+Below we show examples of input and outputs for three topics.
+
+Example Input: 'Concept: Germany
+Sequence ID 0: "German scientists unveiled a new fusion experiment."
+Sequence ID 1: "Berlin's Brandenburg Gate was illuminated last night."
+Sequence ID 2: "A Munich-based automaker expanded its EV lineup."
+Sequence ID 3: "Several European countries adjusted tax policy."
+Sequence ID 4: "The federal republic that reunified in 1990 tightened export rules."
+Sequence ID 5: "country = \\"Deutschland\\""
+Sequence ID 6: "Mount Fuji is a popular destination for hikers."
+Sequence ID 7: "Silicon Valley companies are racing ahead in AI."'
+Example Output: '{"0": 2, "1": 2, "2": 2, "3": 0, "4": 2, "5": 2, "6": 0, "7": 0}'
+
+Example Input: 'Concept: Football
+Sequence ID 0: "The quarterback threw a 60-yard touchdown pass."
+Sequence ID 1: "The UEFA Champions League final kicks off on Saturday."
+Sequence ID 2: "topic = \\"football\\""
+Sequence ID 3: "#football fans filled the stadium after the derby."
+Sequence ID 4: "The offside rule was explained by the referee."
+Sequence ID 5: "The match ended 2-1 after extra time."
+Sequence ID 6: "The chef prepared sushi with fresh tuna."
+Sequence ID 7: "Quantum entanglement was demonstrated in a new experiment."'
+Example Output: '{"0": 2, "1": 2, "2": 2, "3": 2, "4": 2, "5": 1, "6": 0, "7": 0}'
+
+Example Input: 'Concept: Paris
+Sequence ID 0: ", there was a young Parisian named Hugo. He found a book filled with maps."
+Sequence ID 1: "Paris, Texas, USA, 2005, 2006, 2007, 2008, 2009, 2010, 2011, 2012, 2013, 2014, 2015, 2016..."
+Sequence ID 2: "renowned for its cuisine, and the Parisians are proud of their heritage."
+Sequence ID 3: "# (1)\\nimport numpy as np"
+Sequence ID 4: "to use the 'git' command to get the latest version of the 'paris' tool, run these steps..."
+Sequence ID 5: "You can write 'konnichiwa' in the title, but not the word 'Tokyo'."'
+Example Output: '{"0": 2, "1": 2, "2": 2, "3": 0, "4": 2, "5": 0}'"""
+
+# The labelled examples of the rating prompt (class 1 dropped): a sanity check of the embedding judge's threshold.
+PROMPT_EXAMPLES: list[tuple[str, str, int]] = [
+    ("Germany", "German scientists unveiled a new fusion experiment.", 2),
+    ("Germany", "Berlin's Brandenburg Gate was illuminated last night.", 2),
+    ("Germany", "A Munich-based automaker expanded its EV lineup.", 2),
+    ("Germany", "Several European countries adjusted tax policy.", 0),
+    ("Germany", "The federal republic that reunified in 1990 tightened export rules.", 2),
+    ("Germany", 'country = "Deutschland"', 2),
+    ("Germany", "Mount Fuji is a popular destination for hikers.", 0),
+    ("Germany", "Silicon Valley companies are racing ahead in AI.", 0),
+    ("Football", "The quarterback threw a 60-yard touchdown pass.", 2),
+    ("Football", "The UEFA Champions League final kicks off on Saturday.", 2),
+    ("Football", 'topic = "football"', 2),
+    ("Football", "#football fans filled the stadium after the derby.", 2),
+    ("Football", "The offside rule was explained by the referee.", 2),
+    ("Football", "The chef prepared sushi with fresh tuna.", 0),
+    ("Football", "Quantum entanglement was demonstrated in a new experiment.", 0),
+    ("Paris", ", there was a young Parisian named Hugo. He found a book filled with maps.", 2),
+    ("Paris", "Paris, Texas, USA, 2005, 2006, 2007, 2008, 2009, 2010, 2011, 2012, 2013, 2014, 2015, 2016...", 2),
+    ("Paris", "renowned for its cuisine, and the Parisians are proud of their heritage.", 2),
+    ("Paris", "# (1)\nimport numpy as np", 0),
+    ("Paris", "to use the 'git' command to get the latest version of the 'paris' tool, run these steps...", 2),
+    ("Paris", "You can write 'konnichiwa' in the title, but not the word 'Tokyo'.", 0),
+]
+
+
+class Judge(Protocol):
+    """Rates each text for a concept: 0, 1, 2, or None (unrated)."""
+
+    name: str
+
+    def rate(self, concept: str, texts: list[str]) -> list[int | None]:
+        """One rating per text."""
+        ...
+
+
+@dataclass
+class EmbeddingJudge:
+    """Offline judge: cosine(embed(text), embed(concept)) >= threshold -> 2, else 0."""
+
+    threshold: float
+    """Cosine threshold (see :func:`calibrate_threshold`)."""
+    embedder: str = "minilm-l6"
+    """Sentence embedder."""
+    name: str = "embedding"
+    """Judge name in reports."""
+
+    def scores(self, concept: str, texts: list[str]) -> np.ndarray:
+        """Cosine similarity of each text to the concept name."""
+        from atlascli.embed import embed
+
+        if not texts:
+            return np.zeros(0)
+        e = embed([concept, *texts], self.embedder).numpy()
+        return e[1:] @ e[0]
+
+    def rate(self, concept: str, texts: list[str]) -> list[int | None]:
+        """2 above the threshold, 0 below."""
+        return [2 if s >= self.threshold else 0 for s in self.scores(concept, texts)]
+
+
+def calibrate_threshold(concepts: list[str], sentences: list[str], fpr: float = 0.05,
+                        embedder: str = "minilm-l6") -> float:
+    """The (1 - fpr) quantile of concept-to-sentence cosines over held-out corpus sentences, pooled over concepts:
+    a random sentence is judged 'present' with probability ~fpr."""
+    from atlascli.embed import embed
+
+    if not concepts or not sentences:
+        raise InputError("cannot calibrate the embedding judge without concepts and sentences",
+                         "give concepts and a non-empty test split")
+    if not 0.0 < fpr < 1.0:
+        raise InputError(f"false-positive rate {fpr} is not in (0, 1)", "e.g. --judge-fpr 0.05")
+    c = embed(concepts, embedder).numpy()
+    s = embed(sentences, embedder).numpy()
+    return float(np.quantile(s @ c.T, 1.0 - fpr))
+
+
+def judge_accuracy(judge: Judge) -> float:
+    """Agreement with the labelled examples of the paper's rating prompt (class 1 excluded)."""
+    hits = 0
+    for concept, text, label in PROMPT_EXAMPLES:
+        rating = judge.rate(concept, [text])[0]
+        hits += int(rating == label)
+    return hits / len(PROMPT_EXAMPLES)
+
+
+_DICT = re.compile(r"\{[^{}]*\}", re.S)
+
+
+def parse_ratings(content: str, n: int) -> dict[int, int]:
+    """Ratings from a judge answer ('{"0": 2, "1": 0}' or a Python dict, possibly in a code fence); only ids
+    0..n-1 with a rating in {0, 1, 2} are kept. Raises ValueError when no dictionary can be read."""
+    match = _DICT.search(content or "")
+    if match is None:
+        raise ValueError("no dictionary in the answer")
+    text = match.group(0)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            raw = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(f"unreadable dictionary: {text[:80]!r}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError("the answer is not a dictionary")
+    out: dict[int, int] = {}
+    for key, value in raw.items():
+        try:
+            i, r = int(key), int(value)
+        except (TypeError, ValueError):
+            continue
+        if 0 <= i < n and r in (0, 1, 2):
+            out[i] = r
+    return out
+
+
+def user_message(concept: str, texts: list[str]) -> str:
+    """The paper's input format: the concept, then one line per sequence id."""
+    lines = [f"Concept: {concept}"] + [f"Sequence ID {i}: {json.dumps(t, ensure_ascii=False)}" for i, t in enumerate(texts)]
+    return "\n".join(lines)
+
+
+@dataclass
+class ChatJudge:
+    """An OpenAI-compatible chat endpoint rating with the paper's prompt; the median of ``samples`` answers."""
+
+    model: str
+    """Model name sent to the endpoint."""
+    url: str = "https://api.openai.com/v1"
+    """Base URL (``/chat/completions`` is appended)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the key (may be unset for local servers)."""
+    samples: int = 3
+    """Answers per batch; the median rating is used."""
+    temperature: float = 1.0
+    """Sampling temperature (the paper: 1)."""
+    timeout: float = 60.0
+    """Seconds per request."""
+    retries: int = 4
+    """Attempts per request."""
+    backoff: float = 1.0
+    """First retry delay in seconds; doubles each time."""
+    sleep: Callable[[float], None] = time.sleep
+    """Injected for tests."""
+    name: str = "chat"
+    """Judge name in reports."""
+    failures: list[str] = field(default_factory=list)
+    """One line per failed attempt (for the report)."""
+
+    def _post(self, concept: str, texts: list[str]) -> dict[int, int]:
+        body = json.dumps({"model": self.model, "temperature": self.temperature,
+                           "messages": [{"role": "system", "content": RATING_PROMPT},
+                                        {"role": "user", "content": user_message(concept, texts)}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(self.url.rstrip("/") + "/chat/completions", data=body, headers=headers)
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user-given endpoint
+            payload: Any = json.loads(resp.read().decode("utf-8"))
+        content = payload["choices"][0]["message"]["content"]
+        return parse_ratings(content, len(texts))
+
+    def _sample(self, concept: str, texts: list[str]) -> dict[int, int]:
+        """One answer with retries; the ratings it holds (possibly partial), or {} after the last failure."""
+        delay = self.backoff
+        for attempt in range(self.retries):
+            try:
+                got = self._post(concept, texts)
+                if len(got) == len(texts):
+                    return got
+                self.failures.append(f"{concept}: answer rated {len(got)}/{len(texts)} sequences")
+                if attempt == self.retries - 1:
+                    return got
+            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+                self.failures.append(f"{concept}: {exc.__class__.__name__}: {str(exc)[:120]}")
+            if attempt < self.retries - 1:
+                self.sleep(delay)
+                delay *= 2
+        return {}
+
+    def rate(self, concept: str, texts: list[str]) -> list[int | None]:
+        """Median over samples per text; None where no sample rated it."""
+        if not texts:
+            return []
+        answers = [self._sample(concept, texts) for _ in range(self.samples)]
+        out: list[int | None] = []
+        for i in range(len(texts)):
+            votes = [a[i] for a in answers if i in a]
+            out.append(int(statistics.median_low(votes)) if votes else None)
+        return out
+
+
+def parse_judge(spec: str, url: str | None, threshold: float | None = None) -> Judge:
+    """``embedding[:EMBEDDER]`` or ``openai:MODEL`` (with ``url``)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "embedding":
+        return EmbeddingJudge(threshold=threshold if threshold is not None else float("nan"), embedder=arg or "minilm-l6")
+    if kind == "openai":
+        if not arg:
+            raise InputError("--judge openai needs a model name", "e.g. --judge openai:gpt-4o-mini")
+        return ChatJudge(model=arg, url=url or "https://api.openai.com/v1")
+    raise InputError(f"unknown judge {spec!r}", "use --judge embedding or --judge openai:MODEL --judge-url URL")
