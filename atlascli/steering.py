@@ -17,12 +17,17 @@ from atlascli.hooks import add_to_sites
 
 def renormalised_add(vector: torch.Tensor, lam: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The edit of eq. 4 for one site: add lam * vector, then rescale each token to its original norm."""
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def edit(a: torch.Tensor) -> torch.Tensor:
-        v = vector.to(device=a.device, dtype=a.dtype)
-        b = a + lam * v
-        scale = a.norm(dim=-1, keepdim=True) / b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return b * scale
+        key = (a.device, a.dtype)
+        lv = cache.get(key)
+        if lv is None:  # lam * s once per device/dtype, not once per forward call
+            lv = cache[key] = (lam * vector.double()).to(device=a.device, dtype=a.dtype)
+        b = a + lv
+        scale = torch.linalg.vector_norm(a, dim=-1, keepdim=True) / torch.linalg.vector_norm(
+            b, dim=-1, keepdim=True).clamp_min(1e-12)
+        return b.mul_(scale)
 
     return edit
 

@@ -150,6 +150,8 @@ def test_evaluate_cli_quality_retrieval(aligned, capsys, tmp_path):
     assert "outside the atlas" in capsys.readouterr().err
     assert main(["evaluate", "quality", "--layers", "1"]) == 2
     assert "atlas fit" in capsys.readouterr().err
+    assert main(["evaluate", "quality", "--methods", "all"]) == 2
+    assert "fitted: {'procrustes': [2], 'cov': [2], 'corr': []" in capsys.readouterr().err
     assert main(["evaluate", "speed"]) == 2
     assert "unknown evaluation" in capsys.readouterr().err
 

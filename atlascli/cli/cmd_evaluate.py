@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, parse_ints, staged_bars
+from atlascli.cli.common import console, emit_json, parse_ints, read_prompts, staged_bars
 from atlascli.errors import InputError
 
 NAMES = {"procrustes": "Orthogonal Procrustes", "cov": "Covariance", "corr": "Cross Correlation",
@@ -59,13 +59,7 @@ def evaluate_cmd(
     from atlascli.evaluate import KINDS, EvaluateConfig, evaluate
 
     kinds = KINDS if what == "all" else tuple(k.strip() for k in what.split(",") if k.strip())
-    plist = None
-    if prompts is not None:
-        if not prompts.exists():
-            raise InputError(f"{prompts} does not exist", "give a file with one prompt per line")
-        plist = tuple(ln for ln in prompts.read_text(encoding="utf-8").splitlines() if ln)
-        if not plist:
-            raise InputError(f"{prompts} has no prompts", "one prompt per line")
+    plist = tuple(read_prompts(prompts)) if prompts is not None else None
     cfg = EvaluateConfig(kinds=kinds, subject=subject, layers=parse_ints(layers, "layers") if layers else None,
                          methods=methods, atlas=atlas, seed=seed, test_limit=test_limit,
                          features=parse_ints(features, "features") if features else None, n_features=n_features,

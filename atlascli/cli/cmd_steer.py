@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err, parse_ints
+from atlascli.cli.common import console, emit_json, err, parse_ints, read_prompts
 from atlascli.errors import InputError
 
 DEFAULT_PROMPT = "Sure, I always have a joke ready! Here is one:"
@@ -49,11 +49,7 @@ def steer_cmd(
     from atlascli.steering import GenerationConfig, concept_vectors, random_like, site_norms, steer_sweep
 
     if prompts is not None:
-        if not prompts.exists():
-            raise InputError(f"{prompts} does not exist", "give a file with one prompt per line")
-        plist = [ln.strip() for ln in prompts.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not plist:
-            raise InputError(f"{prompts} has no prompts", "one prompt per line")
+        plist = read_prompts(prompts)
     else:
         plist = [prompt or DEFAULT_PROMPT]
     lams = _floats(lam, "lambda")

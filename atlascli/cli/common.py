@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -74,6 +75,16 @@ def staged_bars(quiet: bool = False) -> Iterator[Callable[[str, int, int], None]
             bars[stage](done, total)
 
         yield progress
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt per line; empty lines are skipped, a line of spaces is kept (" " is one of the paper's prompts)."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist", "give a file with one prompt per line")
+    prompts = [ln.rstrip("\r") for ln in path.read_text(encoding="utf-8").split("\n") if ln.rstrip("\r")]
+    if not prompts:
+        raise InputError(f"{path} has no prompts", "one prompt per line")
+    return prompts
 
 
 def emit_artifact(art: Any, **extra: Any) -> None:
