@@ -230,6 +230,23 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
     return stage.commit(provenance, meta)
 
 
+def find_covering(registry: Registry, model: str, dataset_fp: str, split: str, layer: int, n: int,
+                  site: str | None = None, revision: str | None = None, sae: str | None = None) -> Artifact | None:
+    """The newest activations of ``model`` holding ``layer`` for at least the first ``n`` sentences of a split:
+    dense activations when ``sae`` is None, else the codes of that atlas/SAE id."""
+    match: dict[str, Any] = {"model": model, "dataset_fingerprint": dataset_fp, "split": split}
+    if site is not None:
+        match["site"] = site
+    if revision is not None:
+        match["revision"] = revision
+    art: Artifact
+    for art in reversed(registry.find("activations", **match)):
+        p = art.provenance
+        if (p.get("sae") or {}).get("sae") == sae and layer in p["layers"] and int(p["n"]) >= n:
+            return art
+    return None
+
+
 def find_reusable(cfg: ExtractConfig, revision: str, ds_fp: str, sae_prov: dict[str, Any] | None,
                   registry: Registry) -> Artifact | None:
     """An existing artifact over the same model, data and settings whose layers include ``cfg.layers``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from atlascli.corpus import load_split
-from atlascli.extract import Activations, ExtractConfig, extract
+from atlascli.extract import Activations, ExtractConfig, extract, find_covering
 from atlascli.registry import Artifact, Registry
 from atlascli.search import ConceptQuery, SearchResult, search
 
@@ -12,13 +12,12 @@ def test_activations(alignment: Artifact, limit: int, registry: Registry) -> tup
     """Subject activations on the test split at the alignment's layer (reused; extracted when missing)."""
     p = alignment.provenance
     dataset = registry.get(p["dataset"], "dataset")
-    art: Artifact
-    for art in reversed(registry.find("activations", model=p["subject"], revision=p["revision"], site=p["site"],
-                                      dataset_fingerprint=p["dataset_fingerprint"], split="test", sparse=False)):
-        if p["layer"] in art.provenance["layers"] and art.provenance["n"] >= min(limit, dataset.provenance["n_test"]):
-            return Activations(art), load_split(dataset, "test")
-    art = extract(ExtractConfig(model=p["subject"], layers=(int(p["layer"]),), site=p["site"], dataset=dataset.id,
-                                split="test", limit=limit), registry)
+    n = min(limit, dataset.provenance["n_test"])
+    art = find_covering(registry, p["subject"], p["dataset_fingerprint"], "test", int(p["layer"]), n, site=p["site"],
+                        revision=p["revision"])
+    if art is None:
+        art = extract(ExtractConfig(model=p["subject"], layers=(int(p["layer"]),), site=p["site"], dataset=dataset.id,
+                                    split="test", limit=limit), registry)
     return Activations(art), load_split(dataset, "test")
 
 

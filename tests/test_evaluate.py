@@ -19,6 +19,7 @@ from atlascli.errors import InputError
 from atlascli.evaluate.data import TestData, check_disjoint
 from atlascli.evaluate.quality import sample_features, translation_quality
 from atlascli.evaluate.retrieval import concept_sets, random_retrieval, retrieval
+from atlascli.extract import Shard
 from atlascli.registry import Registry
 from atlascli.translate.base import Translation
 
@@ -27,10 +28,15 @@ class PlantedData(TestData):
     """In-memory test data: subject rows X and atlas codes C, served in shards."""
 
     def __init__(self, X: np.ndarray, C: np.ndarray, shard: int = 64) -> None:
-        super().__init__(len(X), [f"s{i}" for i in range(len(X))], {0: None},  # type: ignore[dict-item]
-                         SimpleNamespace(widths={0: C.shape[1]}),  # type: ignore[arg-type]
+        super().__init__(len(X), {0: None},  # type: ignore[dict-item]
+                         SimpleNamespace(widths={0: C.shape[1]}, shards=self._atlas_shards),  # type: ignore[arg-type]
                          0, "planted")
         self.X, self.C, self.shard = torch.tensor(X, dtype=torch.float32), sp.csr_matrix(C), shard
+
+    def _atlas_shards(self, layer: int) -> Iterator[Shard]:
+        for a in range(0, self.n, self.shard):
+            c = self.C[a : a + self.shard]
+            yield Shard(torch.arange(a, a + c.shape[0]), None, (c.indptr, c.indices, c.data), c.shape[1])
 
     def paired(self, layer: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
         for a in range(0, self.n, self.shard):

@@ -61,6 +61,3 @@ def show(ref: str = typer.Argument("default", help="Dataset id or name."),
         emit_artifact(art)
     else:
         _show(art)
-
-
-

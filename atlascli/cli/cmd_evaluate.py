@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, parse_ints, read_prompts, staged_bars
+from atlascli.cli.common import console, emit_json, parse_floats, parse_ints, read_prompts, staged_bars
 from atlascli.errors import InputError
 
 NAMES = {"procrustes": "Orthogonal Procrustes", "cov": "Covariance", "corr": "Cross Correlation",
@@ -18,13 +18,6 @@ NAMES = {"procrustes": "Orthogonal Procrustes", "cov": "Covariance", "corr": "Cr
 
 def _fmt(x: Any, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
-        raise InputError(f"lambdas must be numbers, got {text!r}", "e.g. --lambdas -50,-10,0,10,50") from None
 
 
 def evaluate_cmd(
@@ -60,12 +53,13 @@ def evaluate_cmd(
 
     kinds = KINDS if what == "all" else tuple(k.strip() for k in what.split(",") if k.strip())
     plist = tuple(read_prompts(prompts)) if prompts is not None else None
+    lams = tuple(parse_floats(lambdas, "lambdas", "-50,-10,0,10,50"))
     cfg = EvaluateConfig(kinds=kinds, subject=subject, layers=parse_ints(layers, "layers") if layers else None,
                          methods=methods, atlas=atlas, seed=seed, test_limit=test_limit,
                          features=parse_ints(features, "features") if features else None, n_features=n_features,
                          retrieval_features=retrieval_features, set_size=set_size,
                          concepts=tuple(c.strip() for c in concepts.split(";") if c.strip()) if concepts else None,
-                         prompts=plist, lambdas=_floats(lambdas), relative_lambda=relative, combined=combined,
+                         prompts=plist, lambdas=lams, relative_lambda=relative, combined=combined,
                          max_new_tokens=max_new_tokens, judge=judge, judge_url=judge_url, judge_fpr=judge_fpr,
                          judge_retries=judge_retries, judge_backoff=judge_backoff, judge_timeout=judge_timeout, device=device)
     if plot is not None:

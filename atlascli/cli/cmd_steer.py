@@ -7,17 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err, parse_ints, read_prompts
+from atlascli.cli.common import console, emit_json, err, parse_floats, parse_ints, read_prompts
 from atlascli.errors import InputError
 
 DEFAULT_PROMPT = "Sure, I always have a joke ready! Here is one:"
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise InputError(f"{what} must be numbers, got {text!r}", f"e.g. --{what} 35 or --sweep -10,0,10") from None
 
 
 def steer_cmd(
@@ -52,7 +45,7 @@ def steer_cmd(
         plist = read_prompts(prompts)
     else:
         plist = [prompt or DEFAULT_PROMPT]
-    lams = _floats(lam, "lambda")
+    lams = parse_floats(lam, "lambda", "35 or --sweep -10,0,10")
     reg = Registry()
     at = resolve_atlas(atlas, reg)
     if concept is None and features is None:
@@ -67,7 +60,7 @@ def steer_cmd(
         raise InputError(f"{len(lams)} lambdas for {len(layer_list)} layers", "give one lambda or one per layer")
     scale = {layer: (lams[i] / lams[0] if lams[0] else 0.0) if len(lams) > 1 else 1.0
              for i, layer in enumerate(layer_list)}
-    sweep_vals = _floats(sweep, "sweep") if sweep else [0.0, lams[0]]
+    sweep_vals = parse_floats(sweep, "sweep", "-10,0,10") if sweep else [0.0, lams[0]]
     if 0.0 not in sweep_vals:
         sweep_vals = [0.0, *sweep_vals]
     p = arts[0].provenance

@@ -35,6 +35,14 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+def parse_floats(text: str, what: str, example: str) -> list[float]:
+    """``"-10,0,10"`` -> [-10.0, 0.0, 10.0] with a clear error on junk."""
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"{what} must be numbers, got {text!r}", f"e.g. --{what} {example}") from None
+
+
 @contextmanager
 def throughput_bar(description: str, total: int, unit: str = "sent",
                    quiet: bool = False) -> Iterator[Callable[..., None]]:

@@ -14,7 +14,7 @@ import torch
 from atlascli.atlas import Atlas
 from atlascli.corpus import load_split
 from atlascli.errors import InputError
-from atlascli.extract import Activations, ExtractConfig, extract
+from atlascli.extract import Activations, ExtractConfig, extract, find_covering
 from atlascli.registry import Artifact, Registry
 
 ExtractProgress = Callable[[int, int, int], None]
@@ -52,28 +52,12 @@ def check_disjoint(alignments: list[Artifact], test_dataset: Artifact, split: st
                                  "evaluate on data disjoint from the fit data")
 
 
-def _find(registry: Registry, model: str, revision: str | None, site: str, dataset_fp: str, layer: int, n: int,
-          sae: bool) -> Artifact | None:
-    match: dict[str, Any] = {"model": model, "site": site, "dataset_fingerprint": dataset_fp, "split": "test"}
-    if revision is not None:
-        match["revision"] = revision
-    art: Artifact
-    for art in reversed(registry.find("activations", **match)):
-        p = art.provenance
-        is_sae = p.get("sae") is not None
-        if is_sae == sae and layer in p["layers"] and int(p["n"]) >= n:
-            return art
-    return None
-
-
 @dataclass
 class TestData:
     """Subject activations per layer and atlas codes, over the first ``n`` sentences of a test split."""
 
     n: int
     """Sentences used."""
-    sentences: list[str]
-    """Those sentences."""
     subject: dict[int, Activations]
     """Layer -> subject activations (may hold more sentences; only the first ``n`` are read)."""
     atlas: Activations
@@ -106,7 +90,8 @@ class TestData:
     def atlas_positive_counts(self) -> np.ndarray:
         """How many test sentences activate each atlas feature."""
         counts = np.zeros(self.atlas.widths[self.atlas_layer], dtype=np.int64)
-        for _, _, codes in self.paired(next(iter(self.subject))):
+        for shard in self.atlas.shards(self.atlas_layer):
+            codes = shard.to_scipy()[: int((shard.index < self.n).sum())]
             counts += np.bincount(codes.indices[codes.data > 0], minlength=counts.size)
         return counts
 
@@ -128,7 +113,7 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
     subject: dict[int, Activations] = {}
     missing = []
     for layer in layers:
-        art = _find(registry, p0["subject"], p0["revision"], p0["site"], fp, layer, n, sae=False)
+        art = find_covering(registry, p0["subject"], fp, "test", layer, n, site=p0["site"], revision=p0["revision"])
         if art is None:
             missing.append(layer)
         else:
@@ -140,14 +125,9 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
         subject.update({layer: Activations(art) for layer in missing})
     ap = atlas.artifact.provenance
     a_layer = int(ap["layer"])
-    codes = None
-    for art in reversed(registry.find("activations", model=ap["foundation"], dataset_fingerprint=fp, split="test")):
-        pa = art.provenance
-        if (pa.get("sae") or {}).get("sae") == atlas.id and a_layer in pa["layers"] and int(pa["n"]) >= n:
-            codes = art
-            break
+    codes = find_covering(registry, ap["foundation"], fp, "test", a_layer, n, sae=atlas.id)
     if codes is None:
         codes = extract(ExtractConfig(model=ap["foundation"], layers=(a_layer,), site=ap["site"], dataset=dataset.id,
                                       split="test", sae=atlas.id, limit=n, device=device, dtype=dtype), registry,
                         progress("atlas test codes") if progress else None)
-    return TestData(n, load_split(dataset, "test")[:n], subject, Activations(codes), a_layer, fp)
+    return TestData(n, subject, Activations(codes), a_layer, fp)

@@ -24,6 +24,11 @@ SEED_PROMPTS = ["Once upon a time", "I just started", "The candidate", "Section 
                 "When you say"]
 """The paper's 16 seed prompts (A.7)."""
 
+DEFAULT_STEER_CONCEPTS = ["dogs and cats", "food and cooking", "music", "cars and driving", "weather",
+                          "diseases and medicine", "sports and games", "computers and software", "London",
+                          "plants and gardening"]
+"""Concepts of the steering evaluation when the atlas has no named concepts (text queries over its labels)."""
+
 PAPER_LAMBDAS = [-50.0, -10.0, -1.0, 0.0, 1.0, 10.0, 50.0]
 """The paper's steering factors."""
 
@@ -128,8 +133,8 @@ class SteeringEval:
             vecs = self.vectors(name, alignments)
             if random_seed is not None:
                 vecs = random_like(vecs, random_seed)
-            rates = {0.0: concept_rate(base_ratings)[0]}
-            unrated = concept_rate(base_ratings)[2]
+            base_rate, _, unrated = concept_rate(base_ratings)
+            rates = {0.0: base_rate}
             texts_by_lam: dict[float, list[str]] = {0.0: base_texts}
             for lam in lams:
                 per_layer = {layer: lam * (self.norms[layer] if self.norms else 1.0) for layer in vecs}

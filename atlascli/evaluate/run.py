@@ -15,11 +15,6 @@ from atlascli.registry.files import atomic_write_json, sha256_json
 from atlascli.translate import parse_methods
 
 KINDS = ("quality", "retrieval", "steering")
-DEFAULT_STEER_CONCEPTS = ["dogs and cats", "food and cooking", "music", "cars and driving", "weather",
-                          "diseases and medicine", "sports and games", "computers and software", "London",
-                          "plants and gardening"]
-"""Concepts of the steering evaluation when the atlas has no named concepts (text queries over its labels)."""
-
 Progress = Callable[[str, int, int], None]
 
 

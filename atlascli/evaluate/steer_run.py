@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from atlascli.atlas import Atlas
 from atlascli.errors import InputError
-from atlascli.evaluate.faithfulness import SEED_PROMPTS, CellResult, SteeringEval
+from atlascli.evaluate.faithfulness import DEFAULT_STEER_CONCEPTS, SEED_PROMPTS, CellResult, SteeringEval
 from atlascli.judges import ChatJudge, EmbeddingJudge, Judge, calibrate_threshold, judge_accuracy, parse_judge
 from atlascli.registry import Artifact, Registry
 from atlascli.search import ConceptQuery
@@ -38,8 +38,6 @@ def resolve_concepts(names: list[str], atlas: Atlas, registry: Registry) -> dict
 def default_concepts(atlas: Atlas, registry: Registry) -> list[str]:
     """The atlas' named concepts (the paper's Table 8 for Gemma Scope 16k L20), else a fixed broad list."""
     from atlascli.concepts import list_concepts
-    from atlascli.evaluate.run import DEFAULT_STEER_CONCEPTS
-
     named = [c["name"] for c in list_concepts(atlas, registry)]
     return named or list(DEFAULT_STEER_CONCEPTS)
 
