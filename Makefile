@@ -38,9 +38,12 @@ bench: setup
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/steer.py
+	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/hub.py
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py   # needs `make demo` first (about 30 min)
 
 lint: setup
-	$(BIN)/ruff check atlascli tests bench
+	$(BIN)/ruff check atlascli tests bench scripts examples
 	$(BIN)/mypy atlascli
 
 clean:

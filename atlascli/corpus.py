@@ -62,8 +62,35 @@ def split_sentences(text: str) -> list[str]:
 # ----------------------------------------------------------------------------- sources
 
 
-def _wordnet_sentences(folder: Path) -> Iterator[str]:
-    """Glosses and example sentences of WordNet 3.0 (Debian ``wordnet-base``), as sentences."""
+Sourced = tuple[str, str]
+"""A sentence and where it comes from: ``wordnet:n.02084071:gloss``, ``wordnet:n.02084071:example``,
+``fortunes``, ``pydoc``, ``file:NAME`` or ``hub:ID``."""
+
+_MOJIBAKE = re.compile("[\u00c2\u00c3][\u0080-\u00bf]")
+
+
+def repair_mojibake(text: str) -> tuple[str, bool]:
+    """Undo UTF-8 text that was decoded as Latin-1 (once or several times): ``doesnÃ¢Â\x80Â\x99t`` -> ``doesn’t``,
+    ``Â£5`` -> ``£5``. Returns the text and whether it changed; text that is not such mojibake is left alone."""
+    if not _MOJIBAKE.search(text):
+        return text, False
+    out = text
+    for _ in range(4):
+        try:
+            fixed = out.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            break
+        if fixed == out:
+            break
+        out = fixed
+        if not _MOJIBAKE.search(out):
+            break
+    return out, out != text
+
+
+def _wordnet_sentences(folder: Path) -> Iterator[Sourced]:
+    """Glosses and example sentences of WordNet 3.0 (Debian ``wordnet-base``), each with its synset
+    (``wordnet:<pos>.<offset>:gloss|example``)."""
     templates = {"noun": "{w} is {d}.", "verb": "To {w} is to {d}.", "adj": "{W} means {d}.", "adv": "{W} means {d}."}
     for pos in ("noun", "verb", "adj", "adv"):
         path = folder / f"data.{pos}"
@@ -73,29 +100,41 @@ def _wordnet_sentences(folder: Path) -> Iterator[str]:
                     continue
                 head, gloss = line.rstrip("\n").split(" | ", 1)
                 parts = head.split()
+                synset = f"{parts[2]}.{parts[0]}"
                 word = parts[4].replace("_", " ")
                 examples = re.findall(r'"([^"]{3,})"', gloss)
                 definition = re.split(r';\s*"', gloss, maxsplit=1)[0].strip().rstrip(";").strip()
                 if definition:
                     cap = word[:1].upper() + word[1:]
-                    yield templates[pos].format(w=cap if pos == "noun" else word, W=cap, d=definition)
+                    yield templates[pos].format(w=cap if pos == "noun" else word, W=cap, d=definition), \
+                        f"wordnet:{synset}:gloss"
                 for ex in examples:
                     ex = ex.strip()
-                    yield ex[:1].upper() + ex[1:] + ("" if ex[-1:] in ".!?" else ".")
+                    yield ex[:1].upper() + ex[1:] + ("" if ex[-1:] in ".!?" else "."), f"wordnet:{synset}:example"
 
 
-def _fortune_sentences(folder: Path) -> Iterator[str]:
-    """Sentences of the classic Unix fortune cookie files (Debian ``fortunes``)."""
-    for path in sorted(folder.iterdir()):
-        if path.suffix in {".dat", ".u8"} or path.is_dir() or path.is_symlink():
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for item in re.split(r"^%\s*$", text, flags=re.M):
-            lines = [ln for ln in item.splitlines() if not ln.strip().startswith("--")]
-            yield from split_sentences(" ".join(lines))
+class _FortuneSource:
+    """Sentences of the classic Unix fortune cookie files (Debian ``fortunes``), mojibake repaired."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.repaired = 0
+        """Cookies whose text was repaired (double-encoded UTF-8)."""
+
+    def __iter__(self) -> Iterator[Sourced]:
+        for path in sorted(self.folder.iterdir()):
+            if path.suffix in {".dat", ".u8"} or path.is_dir() or path.is_symlink():
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for item in re.split(r"^%\s*$", text, flags=re.M):
+                lines = [ln for ln in item.splitlines() if not ln.strip().startswith("--")]
+                joined, fixed = repair_mojibake(" ".join(lines))
+                self.repaired += fixed
+                for s in split_sentences(joined):
+                    yield s, "fortunes"
 
 
-def _pydoc_sentences() -> Iterator[str]:
+def _pydoc_sentences() -> Iterator[Sourced]:
     """Prose of Python's own help topics (always present, small)."""
     from pydoc_data.topics import topics
 
@@ -103,23 +142,35 @@ def _pydoc_sentences() -> Iterator[str]:
         for para in re.split(r"\n\s*\n", topics[key]):
             if para.startswith("   "):  # code block
                 continue
-            yield from split_sentences(para)
+            for s in split_sentences(para):
+                yield s, "pydoc"
+
+
+def _tagged(sentences: Iterable[str], source: str) -> Iterator[Sourced]:
+    for s in sentences:
+        yield s, source
 
 
 def corpus_source_dirs() -> list[Path]:
-    """Roots searched for the Debian corpus sources (``$ATLAS_CORPUS_SRC`` first, then ``/``)."""
+    """Roots searched for the Debian corpus sources: ``$ATLAS_CORPUS_SRC``, the checkout's ``.cache/corpus-src``
+    (where ``make`` unpacks them; found from any folder inside the checkout), then ``/``."""
     roots = [Path(p) for p in os.environ.get("ATLAS_CORPUS_SRC", "").split(os.pathsep) if p]
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".cache" / "corpus-src" / ".done").exists():
+            roots.append(folder / ".cache" / "corpus-src")
+            break
     return [*roots, Path("/")]
 
 
-def default_corpus() -> tuple[list[tuple[str, Iterable[str]]], list[str]]:
+def default_corpus() -> tuple[list[tuple[str, Iterable[Sourced]]], list[str]]:
     """The embedded default corpus sources as (name, sentences) and any warnings.
 
     Uses WordNet glosses/examples and fortunes, looked up under ``$ATLAS_CORPUS_SRC`` (where
     ``make`` unpacks the Debian packages, no root needed) or the system. Without them it falls
     back to Python's help topics, which pip alone provides, and warns that the corpus is small.
     """
-    sources: list[tuple[str, Iterable[str]]] = []
+    sources: list[tuple[str, Iterable[Sourced]]] = []
     warnings: list[str] = []
     for root in corpus_source_dirs():
         wn = root / "usr/share/wordnet"
@@ -127,7 +178,7 @@ def default_corpus() -> tuple[list[tuple[str, Iterable[str]]], list[str]]:
             sources.append(("wordnet", _wordnet_sentences(wn)))
         fo = root / "usr/share/games/fortunes"
         if not any(n == "fortunes" for n, _ in sources) and fo.is_dir():
-            sources.append(("fortunes", _fortune_sentences(fo)))
+            sources.append(("fortunes", _FortuneSource(fo)))
     if len(sources) < 2:
         warnings.append(
             "Debian packages wordnet-base/fortunes not found: the default corpus falls back to "
@@ -224,20 +275,31 @@ class CorpusStats:
     """Raw sentences per source."""
 
 
+def filter_indices(sentences: list[str], low_pct: float, high_pct: float) -> tuple[list[int], CorpusStats]:
+    """Apply the A.2 filters in the paper's order; returns the kept positions and stage counts
+    (sentences are compared stripped; de-duplication keeps the first occurrence)."""
+    stripped = [s.strip() for s in sentences]
+    idx = [i for i, s in enumerate(stripped) if s]
+    raw = len(idx)
+    if not idx:
+        return [], CorpusStats(0, 0, 0, 0)
+    lengths = np.fromiter((len(stripped[i]) for i in idx), dtype=np.int64, count=raw)
+    lo, hi = np.percentile(lengths, [low_pct, high_pct])
+    idx = [i for i, n in zip(idx, lengths) if lo <= n <= hi]
+    after_length = len(idx)
+    idx = [i for i in idx if not _ONLY_SPECIAL.match(stripped[i])]
+    after_special = len(idx)
+    first: dict[str, int] = {}
+    for i in idx:
+        first.setdefault(stripped[i], i)
+    idx = list(first.values())
+    return idx, CorpusStats(raw, after_length, after_special, len(idx))
+
+
 def filter_sentences(sentences: list[str], low_pct: float, high_pct: float) -> tuple[list[str], CorpusStats]:
     """Apply the A.2 filters in the paper's order; returns kept sentences and stage counts."""
-    sentences = [s.strip() for s in sentences if s.strip()]
-    raw = len(sentences)
-    if not sentences:
-        return [], CorpusStats(0, 0, 0, 0)
-    lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=raw)
-    lo, hi = np.percentile(lengths, [low_pct, high_pct])
-    kept = [s for s, n in zip(sentences, lengths) if lo <= n <= hi]
-    after_length = len(kept)
-    kept = [s for s in kept if not _ONLY_SPECIAL.match(s)]
-    after_special = len(kept)
-    kept = list(dict.fromkeys(kept))
-    return kept, CorpusStats(raw, after_length, after_special, len(kept))
+    idx, stats = filter_indices(sentences, low_pct, high_pct)
+    return [sentences[i].strip() for i in idx], stats
 
 
 def fingerprint(train: list[str], test: list[str]) -> str:
@@ -256,36 +318,43 @@ def prepare_corpus(config: CorpusConfig, registry: Registry | None = None,
     registry = registry or Registry()
     warnings: list[str] = []
     if config.inputs:
-        sources: list[tuple[str, Iterable[str]]] = []
+        sources: list[tuple[str, Iterable[Sourced]]] = []
         for item in config.inputs:
             path = Path(item).expanduser()
             if path.exists() or path.suffix in {".txt", ".jsonl", ".parquet"} or item.startswith((".", "/")):
-                sources.append((str(path), _file_sentences(path, config.text_field)))
+                sources.append((str(path), _tagged(_file_sentences(path, config.text_field), f"file:{path.name}")))
             else:
-                sources.append((item, _hub_sentences(item, config.hub_split, config.text_field, config.hub_limit)))
+                sources.append((item, _tagged(_hub_sentences(item, config.hub_split, config.text_field,
+                                                             config.hub_limit), f"hub:{item}")))
     else:
         sources, warnings = default_corpus()
     sentences: list[str] = []
+    tags: list[str] = []
     per_source: dict[str, int] = {}
     for name, it in sources:
         before = len(sentences)
-        for s in it:
-            sentences.append(s)
+        for text, tag in it:
+            sentences.append(text)
+            tags.append(tag)
             if progress and len(sentences) % 20000 == 0:
                 progress("reading", len(sentences), None)
         per_source[name] = len(sentences) - before
-    kept, stats = filter_sentences(sentences, config.low_pct, config.high_pct)
+    repaired = sum(int(getattr(it, "repaired", 0)) for _, it in sources)
+    idx, stats = filter_indices(sentences, config.low_pct, config.high_pct)
     stats = CorpusStats(stats.raw, stats.after_length, stats.after_special, stats.after_dedup, per_source)
-    if not kept:
+    if not idx:
         raise InputError("the dataset is empty after filtering", "give files with English prose (.txt/.jsonl/.parquet)")
-    order = np.random.default_rng(config.seed).permutation(len(kept))
-    shuffled = [kept[i] for i in order]
+    order = np.random.default_rng(config.seed).permutation(len(idx))
+    shuffled = [sentences[idx[i]].strip() for i in order]
+    shuffled_tags = [tags[idx[i]] for i in order]
     if config.max_sentences is not None:
         shuffled = shuffled[: config.max_sentences]
+        shuffled_tags = shuffled_tags[: config.max_sentences]
     n_test = int(round(len(shuffled) * config.test_fraction))
     if len(shuffled) >= 2:
         n_test = min(max(n_test, 1), len(shuffled) - 1)
     test, train = shuffled[:n_test], shuffled[n_test:]
+    test_tags, train_tags = shuffled_tags[:n_test], shuffled_tags[n_test:]
     fp = fingerprint(train, test)
     art_id = f"dataset-{config.name}-{fp[:12]}"
     if registry.exists(art_id, "dataset"):
@@ -293,6 +362,8 @@ def prepare_corpus(config: CorpusConfig, registry: Registry | None = None,
     stage = registry.stage("dataset", art_id)
     atomic_write_json(stage.path / "train.json", train)
     atomic_write_json(stage.path / "test.json", test)
+    atomic_write_json(stage.path / "train_sources.json", train_tags)
+    atomic_write_json(stage.path / "test_sources.json", test_tags)
     provenance = {
         "name": config.name,
         "dataset_fingerprint": fp,
@@ -303,9 +374,19 @@ def prepare_corpus(config: CorpusConfig, registry: Registry | None = None,
         "n_train": len(train),
         "n_test": len(test),
     }
-    meta = {"stats": asdict(stats), "warnings": warnings,
+    meta = {"stats": asdict(stats), "warnings": warnings, "mojibake_repaired": repaired,
             "mean_chars": float(np.mean([len(s) for s in shuffled]))}
     return stage.commit(provenance, meta), warnings
+
+
+def load_sources(dataset: Artifact, split: str) -> list[str] | None:
+    """Where each sentence of a split comes from (see :data:`Sourced`), or None for datasets
+    prepared before sources were recorded."""
+    name = f"{split}_sources.json"
+    if name not in dataset.manifest["files"]:
+        return None
+    dataset.verify([name])
+    return list(read_json(dataset.file(name)))
 
 
 def resolve_dataset(ref: str, registry: Registry | None = None) -> Artifact:

@@ -45,3 +45,24 @@ def embed(texts: list[str], name: str = "minilm-l6", batch_size: int = 128) -> t
     out = model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
                        show_progress_bar=False)
     return out.float().cpu()
+
+
+def embed_query(text: str, name: str = "minilm-l6") -> torch.Tensor:
+    """The embedding of one query, cached on disk (``$ATLAS_HOME/cache/embed``) so a repeated search does not
+    load the embedder: raw float32 bytes, written atomically, keyed by embedder and text."""
+    import hashlib
+
+    import numpy as np
+
+    from atlascli.paths import atlas_home
+    from atlascli.registry.files import atomic_write_bytes
+
+    key = hashlib.sha256(f"{name}\0{text}".encode()).hexdigest()[:32]
+    path = atlas_home() / "cache" / "embed" / f"{key}.f32"
+    if path.exists():
+        vec = np.fromfile(path, dtype=np.float32)
+        if vec.size and np.isfinite(vec).all():
+            return torch.from_numpy(vec.copy())
+    out = embed([text], name)[0]
+    atomic_write_bytes(path, out.numpy().astype(np.float32).tobytes())
+    return out

@@ -11,9 +11,11 @@ hold the same sentences, so fits can stream them pairwise.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +66,16 @@ class ExtractConfig:
     """Hub revision of the model."""
     trust_remote_code: bool = False
     """Allow custom model code from the Hub."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "max_batch", "max_length", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                 f"e.g. --{name.replace('_', '-')} {getattr(ExtractConfig, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"limit must be at least 1, got {self.limit}", "omit --limit to use every sentence")
+        if any(layer < 0 for layer in self.layers):
+            raise InputError(f"layers must be non-negative, got {list(self.layers)}", "e.g. --layers 3,12")
 
 
 def _artifact_id(cfg: ExtractConfig, revision: str, ds_fp: str, sae_prov: dict[str, Any] | None) -> str:
@@ -151,14 +163,22 @@ def extract_shard(lm: LoadedModel, sentences: list[str], cfg: ExtractConfig,
 
 
 def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
-            lm: LoadedModel | None = None, sae: Any | None = None) -> Artifact:
+            lm: LoadedModel | None = None, sae: Any | None = None, on_plan: Callable[[Any], None] | None = None) -> Artifact:
     """Extract (or resume, or reuse) an activations artifact.
 
     ``sae`` supplies the SAE named by ``cfg.sae`` (an atlas id) in memory, e.g. while that atlas is built.
+    Unless ``lm`` is given, every input is checked from configs first and ``on_plan`` gets the
+    :class:`atlascli.plan.Plan` before any model is loaded.
     """
     registry = registry or Registry()
     if not cfg.layers:
         raise InputError("no layers given", "pass --layers, e.g. --layers 3,12")
+    if lm is None:
+        from atlascli.plan import plan_extract
+
+        checked = plan_extract(cfg, registry)
+        if on_plan:
+            on_plan(checked)
     dataset = resolve_dataset(cfg.dataset, registry)
     sentences = load_split(dataset, cfg.split)
     if cfg.limit is not None:
@@ -183,7 +203,10 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
     reusable = find_reusable(cfg, lm.revision, ds_fp, sae_prov, registry)
     if reusable is not None:
         return reusable
-    stage = registry.stage("activations", art_id, parents=[dataset.id])
+    stage = registry.stage("activations", art_id, parents=[dataset.id])  # waits while another process stages it
+    if (published := stage.published) is not None:
+        stage.release()
+        return published
     plan = {"config": asdict(cfg), "revision": lm.revision, "dataset": ds_fp, "n": len(sentences)}
     plan_path = stage.path / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != json.loads(json.dumps(plan)):
@@ -191,13 +214,17 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
         stage = registry.stage("activations", art_id, parents=[dataset.id])
     atomic_write_json(plan_path, plan)
     n_shards = (len(sentences) + cfg.shard_size - 1) // cfg.shard_size
-    done = tokens = 0
+    done = tokens = computed = 0
+    started, tokens_before = time.perf_counter(), 0
     for k in range(n_shards):
         lo, hi = k * cfg.shard_size, min(len(sentences), (k + 1) * cfg.shard_size)
-        path = stage.path / f"shard-{k:05d}.safetensors"
+        path = stage.path / shard_name(k)
         if path.exists():
             try:
                 shard = load_tensors(path)
+                index = shard.get("index")
+                if index is None or not torch.equal(index, torch.arange(lo, hi, dtype=torch.int64)):
+                    raise CorruptArtifactError(f"{path.name} holds other sentences", "redo it")
                 tokens += int(shard["n_tokens"].sum())
                 done = hi
                 if progress:
@@ -213,7 +240,10 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
             if progress:
                 progress(done, len(sentences), tokens)
 
+        if not computed:
+            started, tokens_before = time.perf_counter(), tokens
         tensors = extract_shard(lm, sentences[lo:hi], cfg, sae, on_batch)
+        computed += hi - lo
         tensors["index"] = torch.arange(lo, hi, dtype=torch.int64)
         atomic_save_tensors(path, tensors)
     widths = {str(layer): int(lm.width(cfg.site, layer)) for layer in cfg.layers}
@@ -227,7 +257,43 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
         "max_length": cfg.max_length, "shard_size": cfg.shard_size, "sae": sae_prov, "sparse": sae is not None,
     }
     meta = {"widths": widths, "n_shards": n_shards, "tokens": tokens, "model_card": card}
-    return stage.commit(provenance, meta)
+    if computed:  # this machine's throughput, read by atlascli.plan for time estimates
+        secs = max(time.perf_counter() - started, 1e-6)
+        meta["throughput"] = {"sentences": computed, "seconds": round(secs, 3), "sentences_per_s": computed / secs,
+                              "tokens_per_s": (tokens - tokens_before) / secs, "device": lm.device.type,
+                              "dtype": cfg.dtype, "deepest_layer": max(cfg.layers), "sae": sae is not None}
+    return stage.commit(provenance, meta, required=[shard_name(k) for k in range(n_shards)],
+                        check=lambda folder: check_coverage(folder, n_shards, len(sentences)))
+
+
+def shard_name(k: int) -> str:
+    """File name of shard ``k``."""
+    return f"shard-{k:05d}.safetensors"
+
+
+def check_coverage(folder: Path, n_shards: int, n: int) -> None:
+    """Raise unless ``folder`` holds exactly ``n_shards`` readable shards whose indices are 0..n-1 in order."""
+    from safetensors import safe_open
+
+    names = sorted(p.name for p in folder.glob("shard-*.safetensors"))
+    if names != [shard_name(k) for k in range(n_shards)]:
+        raise CorruptArtifactError(f"staged activations hold {len(names)} shards, expected {n_shards}",
+                                   "run the same command again to finish them")
+    seen = 0
+    for name in names:
+        try:
+            with safe_open(str(folder / name), framework="pt") as f:
+                index = f.get_tensor("index")
+        except Exception as exc:  # truncated or foreign file
+            raise CorruptArtifactError(f"staged shard {name} is unreadable ({exc.__class__.__name__})",
+                                       "run the same command again to redo it") from exc
+        if not torch.equal(index, torch.arange(seen, seen + len(index), dtype=index.dtype)):
+            raise CorruptArtifactError(f"staged shard {name} does not cover sentences {seen}.. in order",
+                                       "run the same command again to redo it")
+        seen += len(index)
+    if seen != n:
+        raise CorruptArtifactError(f"staged shards cover {seen} sentences, expected {n}",
+                                   "run the same command again to finish them")
 
 
 def find_covering(registry: Registry, model: str, dataset_fp: str, split: str, layer: int, n: int,

@@ -3,6 +3,7 @@ each translation as an ``alignment`` artifact."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 
 from atlascli.errors import InputError, NotFoundError
 from atlascli.extract import Activations, ExtractConfig, extract
+from atlascli.fit_health import HoldoutHealth, health_meta
 from atlascli.models import DEFAULTS
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import sha256_json
@@ -47,6 +49,16 @@ class FitConfig:
     dtype: str = "float32"
     """Dtype of the extractions."""
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"limit must be at least 1, got {self.limit}", "omit --limit to use every sentence")
+        if not math.isfinite(self.ridge) or self.ridge < 0:
+            raise InputError(f"ridge must be a finite number >= 0, got {self.ridge}", "e.g. --ridge 0.1")
+        if self.k < 1:
+            raise InputError(f"k must be at least 1, got {self.k}", "e.g. --k 20")
+        if any(layer < 0 for layer in self.layers):
+            raise InputError(f"layers must be non-negative, got {list(self.layers)}", "e.g. --layer 12")
+
 
 def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
                               progress: Callable[[int, int, int], None] | None) -> tuple[Activations, int, dict[str, Any]]:
@@ -70,13 +82,17 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
                                      split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype),
                        registry, progress)
         return Activations(acts), layer, {"atlas": ref, "atlas_version": acts.id, "atlas_kind": "dense"}
-    art = registry.get(ref)
+    named = registry.latest("atlas", name=ref)  # an atlas by its registry name (`atlas atlas build --name`)
+    art = named if named is not None else registry.get(ref)
     if art.kind == "activations":
         reader = Activations(art)
         return reader, reader.layers[0], {"atlas": art.id, "atlas_version": art.id, "atlas_kind": "activations"}
     if art.kind != "atlas":
         raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
     p = art.provenance
+    weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE (and alignments) with the original
+    if weights != art.id and registry.exists(weights, "atlas"):
+        art = registry.get(weights, "atlas")
     acts_art = extract(ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"],
                                      dataset=cfg.dataset, split="train", sae=art.id, limit=cfg.limit,
                                      device=cfg.device, dtype=cfg.dtype), registry, progress)
@@ -84,9 +100,18 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
             {"atlas": art.id, "atlas_version": art.manifest["created"], "atlas_kind": "sae"})
 
 
-def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn | None = None) -> list[Artifact]:
-    """Fit every (layer, method); returns the alignment artifacts (reused when identical)."""
+def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
+        on_plan: Callable[[Any], None] | None = None) -> list[Artifact]:
+    """Fit every (layer, method); returns the alignment artifacts (reused when identical).
+
+    Every input (both models, layers, site, atlas, dataset, disk) is checked from configs first;
+    ``on_plan`` gets the :class:`atlascli.plan.Plan` before any model is loaded."""
+    from atlascli.plan_tasks import plan_fit
+
     registry = registry or Registry()
+    plan = plan_fit(cfg, registry)
+    if on_plan:
+        on_plan(plan)
     methods = parse_methods(cfg.methods)
 
     def stage_progress(stage: str) -> Callable[[int, int, int], None] | None:
@@ -107,17 +132,23 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
                          "use the same --limit for both")
     out: list[Artifact] = []
     for layer in cfg.layers:
+        done_before = _fitted(registry, cfg, layer, methods, sp, atlas_prov, subj.artifact.id)
+        if done_before is not None:  # a rerun: every method of this layer is already in the registry
+            out.extend(done_before)
+            continue
         fitter = MultiFitter(methods, ridge=cfg.ridge, k=cfg.k)
+        health = HoldoutHealth(subj.n)  # scores the last ~5% with T fitted on the rest, in this same pass
         done = 0
         for s_shard, c_shard in zip(subj.shards(layer), atlas_acts.shards(atlas_layer), strict=True):
             if not torch.equal(s_shard.index, c_shard.index):
                 raise InputError("subject and atlas shards hold different sentences",
                                  "extract both with the same --shard-size")
             atlas_batch = c_shard.to_scipy() if atlas_acts.sparse else c_shard.dense
-            fitter.update(s_shard.dense, atlas_batch)
+            health.feed(fitter, s_shard.dense, atlas_batch)
             done += len(s_shard.index)
             if progress:
                 progress(f"fit layer {layer}", done, subj.n)
+        checked = health.report()
         for method, tr in fitter.results().items():
             prov = {"method": method, "subject": cfg.subject, "revision": sp["revision"], "layer": layer,
                     "site": cfg.site, **atlas_prov, "dataset": sp["dataset"],
@@ -129,7 +160,27 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
                 out.append(registry.get(art_id, "alignment"))
                 continue
             stage = registry.stage("alignment", art_id, parents=[subj.artifact.id, atlas_acts.artifact.id])
+            if (published := stage.published) is not None:  # another process fitted it while we waited
+                stage.release()
+                out.append(published)
+                continue
             tr.save(stage.path / "translation.safetensors")
-            out.append(stage.commit(prov, {"info": tr.info, "config": {"ridge": cfg.ridge, "k": cfg.k}}))
+            out.append(stage.commit(prov, {"info": tr.info, "config": {"ridge": cfg.ridge, "k": cfg.k},
+                                           "health": health_meta(checked, method)}))
     return out
 
+
+def _fitted(registry: Registry, cfg: FitConfig, layer: int, methods: list[str], sp: dict[str, Any],
+            atlas_prov: dict[str, Any], subject_acts: str) -> list[Artifact] | None:
+    """The existing alignments of every method at ``layer`` fitted from exactly these activations and settings,
+    or None when any is missing (then the layer is fitted again, in one pass for all methods)."""
+    found = []
+    for method in methods:
+        match = [a for a in registry.find("alignment", method=method, subject=cfg.subject, revision=sp["revision"],
+                                          layer=layer, site=cfg.site, atlas=atlas_prov["atlas"],
+                                          dataset_fingerprint=sp["dataset_fingerprint"], n=int(sp["n"]))
+                 if subject_acts in a.parents and a.meta.get("config") == {"ridge": cfg.ridge, "k": cfg.k}]
+        if not match:
+            return None
+        found.append(match[-1])
+    return found

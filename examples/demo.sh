@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: corpus -> Concept Atlas (Gemma 3 270M + TopK SAE trained here)
-# -> translations of SmolLM2-135M-Instruct at three layers with all five methods -> concept search
-# -> translation quality and retrieval of every method (the paper's Tables 3 and 4) -> one steered generation.
-# Everything is cached in the registry ($ATLAS_HOME): a second run reuses every artifact.
+# The main job on the embedded default, end to end, everything cached in the checkout's registry
+# (.cache/atlas-home, which every `atlas` command run inside this checkout then finds by itself):
+# corpus -> Concept Atlas (Gemma 3 270M layer 12 + a TopK SAE trained here, labelled offline)
+# -> translations of SmolLM2-135M-Instruct (MLP neurons, layers 3, 12, 19, 25; all five methods)
+# -> the user's examples: `atlas search "secrets"`, `atlas steer --concept london --lambda 35`
+# -> translation quality and retrieval of every method (the paper's Tables 3 and 4, on a smaller test set).
+# A second run reuses every artifact.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 atlas=".venv/bin/atlas"
-N=${ATLAS_DEMO_SENTENCES:-12000}
+N=${ATLAS_DEMO_SENTENCES:-12000}      # fit sentences (= the atlas's labelling sentences, so their codes are reused)
+TEST=${ATLAS_DEMO_TEST:-2000}         # held-out test sentences for the evaluation tables (the paper: 50% of 1M)
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+step "models and corpus"
 $atlas models
 $atlas data prepare
-$atlas atlas build --foundation gemma3-270m --layer 12 --width 4096 --k 32 \
-  --train-sentences "$N" --max-tokens 200000 --label-sentences "$N"
-$atlas fit --subject smollm2-135m-instruct --layers 3,12,19 --site mlp --method all --limit "$N"
-for concept in "dogs and cats" "food and eating" "cars and driving" "London" "music"; do
-  $atlas search "$concept" --subject smollm2-135m-instruct --layer 19 --top 5 --samples 2
-done
-$atlas evaluate quality,retrieval --subject smollm2-135m-instruct --layers 3,12,19 --test-limit 5000
-$atlas steer --concept "food and cooking" --subject smollm2-135m-instruct --layers 3,12,19 --relative --lambda 1 \
-  --prompt "Once upon a time" --max-new-tokens 40
+step "Concept Atlas (defaults: ~12k sentences, 4096 features, k=32)"
+$atlas atlas build --train-sentences "$N" --label-sentences "$N"
+step "translations of SmolLM2-135M-Instruct"
+$atlas fit --subject smollm2-135m-instruct --layers 3,12,19,25 --site mlp --method all --limit "$N"
+step "search: atlas search \"secrets\""
+$atlas search "secrets" --layer 12 --top 5 --samples 2
+step "steer: atlas steer --concept london --lambda 35"
+$atlas steer --concept london --lambda 35 --max-new-tokens 48 --random
+step "evaluation (Tables 3 and 4, $TEST test sentences)"
+$atlas evaluate quality,retrieval --subject smollm2-135m-instruct --layers 3,12,19,25 --test-limit "$TEST"
+step "registry"
 $atlas registry ls
+cat <<'NEXT'
+
+Next, from anywhere in this checkout (the registry above is found automatically):
+  .venv/bin/atlas search "dogs and cats"                    # concept -> subject features + aligned sentences
+  .venv/bin/atlas steer --concept "music" --lambda 35       # eq. 4 at the default steering layers
+  .venv/bin/atlas atlas show --feature 17                   # one atlas feature: label, coherence, samples
+  .venv/bin/atlas explain --layer 12 --feature 100          # a subject neuron in atlas concepts
+  .venv/bin/atlas read "The stock market fell sharply today." --layer 12
+  .venv/bin/python examples/quickstart.py                   # the Python API
+NEXT

@@ -157,8 +157,14 @@ class JudgeServer:
                 if isinstance(answer, float):  # sleep longer than the client's timeout
                     time.sleep(answer)
                     answer = '{"0": 2}'
-                if answer == 500:
-                    self.send_response(500)
+                if isinstance(answer, tuple):  # (status, {header: value})
+                    self.send_response(answer[0])
+                    for name, value in answer[1].items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    return
+                if isinstance(answer, int):  # an HTTP error status, e.g. 500, 401, 429
+                    self.send_response(answer)
                     self.end_headers()
                     return
                 payload = {"choices": [{"message": {"role": "assistant", "content": answer}}]}

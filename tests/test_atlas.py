@@ -132,6 +132,6 @@ def test_builtin_paper_concepts_only_for_gemma_scope():
                                     "width": 16384}})
     concepts = builtin_concepts(Atlas(fake))
     assert concepts["dogs and cats"] == [6772, 1089, 12082, 13747]
-    assert len(concepts) == 10
+    assert len(concepts) == 11  # Table 8 plus Table 6's london
     other = Artifact("atlas-x", "atlas", __import__("pathlib").Path("."), {"provenance": {"width": 64}})
     assert builtin_concepts(Atlas(other)) == {}

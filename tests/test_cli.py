@@ -50,7 +50,8 @@ def test_data_extract_fit_registry_json(capsys, tiny_models, tmp_path):
                        "--atlas", f"{tiny_models['qwen2']}@1", "--dataset", "t", "--method", "procrustes,cov", "--json")
     assert code == 0
     fits = json.loads(out)
-    assert [f["provenance"]["method"] for f in fits] == ["procrustes", "cov"]
+    assert [f["provenance"]["method"] for f in fits["alignments"]] == ["procrustes", "cov"]
+    assert fits["plan"]["command"] == "fit" and fits["plan"]["line"].startswith("plan (fit)")
     code, out, _ = run(capsys, "registry", "ls", "--json")
     kinds = sorted(a["kind"] for a in json.loads(out))
     assert kinds.count("alignment") == 2 and kinds.count("activations") == 2 and kinds.count("dataset") == 1
@@ -77,3 +78,56 @@ def test_unknown_method_and_models_listing(capsys):
     code, out, _ = run(capsys, "models", "--json")
     names = [r["name"] for r in json.loads(out)["zoo"]]
     assert names == ["gemma3-270m", "smollm2-135m-instruct", "minilm-l6"]
+
+
+@pytest.mark.parametrize("args", [["extract", "--model", "m", "--layers", "1", "--limit", "-5"],
+                                  ["extract", "--model", "m", "--layers", "1", "--limit", "0"],
+                                  ["extract", "--model", "m", "--layers", "1", "--shard-size", "0"],
+                                  ["extract", "--model", "m", "--layers", "1", "--batch-tokens", "0"],
+                                  ["extract", "--model", "m", "--layers", "1", "--max-length", "0"],
+                                  ["fit", "--atlas", "x@1", "--ridge", "-1"],
+                                  ["fit", "--atlas", "x@1", "--limit", "0"],
+                                  ["fit", "--atlas", "x@1", "--k", "0"]])
+def test_numeric_options_are_bounded(capsys, args):
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "Invalid value" in err and "Traceback" not in err
+
+
+def test_one_broken_artifact_breaks_only_commands_naming_it(capsys, aligned):
+    from atlascli.registry import Registry
+
+    reg = Registry()
+    search = ["search", "--features", "3,7", "--top", "3", "--samples", "0", "--json"]
+    code, before_search, err = run(capsys, *search)
+    assert code == 0, err
+    _, before_ls, _ = run(capsys, "registry", "ls", "--json")
+    stored = {p: p.read_bytes() for p in reg.root.rglob("*") if p.is_file() and "/." not in str(p)}
+    atlas_art = reg.list("atlas")[0]
+    future = reg.kind_dir("atlas") / "atlas-from-the-future"
+    future.mkdir()
+    (future / "manifest.json").write_text(json.dumps(dict(atlas_art.manifest, id=future.name, schema_version=2)))
+    garbled = reg.kind_dir("alignment") / "align-garbled"
+    garbled.mkdir()
+    (garbled / "manifest.json").write_text('{"kind": "alig')
+
+    assert run(capsys, *search)[:2] == (0, before_search)  # default atlas and alignment resolution skip them
+    code, out, err = run(capsys, "registry", "ls", "--json")
+    assert code == 0 and out == before_ls and "2 unreadable" in err
+    assert run(capsys, "registry", "show", atlas_art.id, "--json")[0] == 0
+    code, out, err = run(capsys, "registry", "verify", "--json")
+    problems = {p["id"]: p for p in json.loads(out)["problems"]}
+    assert code == 1 and set(problems) == {"atlas-from-the-future", "align-garbled"}
+    assert "schema version 2" in problems["atlas-from-the-future"]["message"]
+    assert "atlas registry rm align-garbled" in problems["align-garbled"]["fix"]
+    code, _, err = run(capsys, "registry", "show", "atlas-from-the-future")
+    assert code == 2 and "schema version 2" in err and "Traceback" not in err
+    code, _, err = run(capsys, "registry", "rm", "../../outside")
+    assert code == 2 and "refusing" in err
+    code, _, err = run(capsys, "registry", "rm", "align-")  # a prefix of 3 folders: asks, stdin says nothing
+    assert code != 0 and garbled.exists()
+    for name in ("atlas-from-the-future", "align-garbled"):
+        code, out, _ = run(capsys, "registry", "rm", name, "--json")
+        assert code == 0 and json.loads(out) == {"removed": [name]}
+    assert run(capsys, "registry", "verify")[0] == 0
+    after = {p: p.read_bytes() for p in reg.root.rglob("*") if p.is_file() and "/." not in str(p)}
+    assert {p: b for p, b in after.items() if p in stored} == stored  # nothing already stored changed

@@ -139,3 +139,38 @@ def test_sae_codes_are_stored_sparsely_and_match_dense_encoding(tiny_models, tin
     assert (codes > 0).sum(1).max() <= 64
     nnz_file = sum((art.path / n).stat().st_size for n in art.manifest["files"] if n.startswith("shard"))
     assert dense.id != art.id and nnz_file > 0
+
+
+@pytest.mark.parametrize("field,value", [("limit", 0), ("limit", -5), ("shard_size", 0), ("batch_tokens", 0),
+                                         ("max_batch", 0), ("max_length", -1), ("layers", (1, -2))])
+def test_config_bounds(field, value):
+    kwargs = {"model": "m", "layers": (1,), field: value}
+    with pytest.raises(InputError, match=field):
+        ExtractConfig(**kwargs)
+
+
+def test_commit_checks_shard_count_and_coverage(tiny_models, tiny_dataset, monkeypatch):
+    import atlascli.extract as ex
+
+    cfg = ExtractConfig(model=str(tiny_models["llama"]), layers=(1,), dataset="tiny", limit=30, shard_size=10)
+    real = ex.atomic_save_tensors
+    calls = []
+
+    def lose_second_shard(path, tensors, *a, **k):  # a writer whose second shard silently vanished
+        calls.append(path.name)
+        if path.name != "shard-00001.safetensors":
+            real(path, tensors, *a, **k)
+
+    monkeypatch.setattr(ex, "atomic_save_tensors", lose_second_shard)
+    with pytest.raises(CorruptArtifactError, match="2 shards, expected 3"):
+        extract(cfg)
+    from atlascli.registry import Registry
+
+    assert Registry().list("activations") == []  # nothing published
+    monkeypatch.setattr(ex, "atomic_save_tensors", real)
+    art = extract(cfg)  # the rerun redoes only the missing shard
+    assert art.meta["n_shards"] == 3 and Activations(art).dense(1).shape[0] == 30
+    stage = Registry().kind_dir("activations") / f".partial-{art.id}"
+    assert not stage.exists()
+    with pytest.raises(CorruptArtifactError, match="cover"):
+        ex.check_coverage(art.path, 3, 31)

@@ -68,3 +68,10 @@ def test_fit_against_sparse_sae_codes(tiny_models, tiny_dataset, tmp_path):
     c = Activations(codes).dense(1).double().numpy()
     ref = (s - s.mean(0)).T @ (c - c.mean(0)) / (len(s) - 1)
     np.testing.assert_allclose(cov, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,value", [("limit", 0), ("limit", -5), ("ridge", -1.0), ("ridge", float("nan")),
+                                         ("k", 0), ("layers", (-1,))])
+def test_config_bounds(field, value):
+    with pytest.raises(InputError, match=field):
+        FitConfig(**{field: value})

@@ -96,3 +96,75 @@ def test_embedding_judge_calibration_matches_independent_quantile() -> None:
     assert judge.rate("dogs and cats", ["The dog chased the cat.", "Parliament passed the bill."]) == [2, 0]
     with pytest.raises(InputError, match="false-positive"):
         calibrate_threshold(concepts, sentences, fpr=1.5)
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_chat_judge_fails_fast_on_auth_and_not_found(judge_server: Any, status: int) -> None:
+    from atlascli.errors import AtlasError
+
+    srv = judge_server([status] * 10)
+    j = _judge(srv.url, retries=4, samples=3)
+    with pytest.raises(AtlasError, match=f"\\({status}\\)"):
+        j.preflight()
+    assert len(srv.requests) == 1
+    with pytest.raises(AtlasError, match=f"\\({status}\\)"):
+        j.rate("dogs", ["a dog"])
+    assert len(srv.requests) == 2 and j.sleeps == []  # one request, no retries
+
+
+def test_chat_judge_preflight_passes_transient_errors(judge_server: Any) -> None:
+    j = _judge(judge_server([500, "junk"]).url)
+    j.preflight()
+    j.preflight()
+    from atlascli.errors import AtlasError
+
+    with pytest.raises(AtlasError, match="cannot reach"):
+        _judge("http://127.0.0.1:9/v1").preflight()  # nothing listens on the discard port
+
+
+def test_chat_judge_honours_retry_after(judge_server: Any) -> None:
+    srv = judge_server([(429, {"Retry-After": "7"}), 429, '{"0": 2}', '{"0": 2}', '{"0": 2}'])
+    j = _judge(srv.url, backoff=0.5)
+    assert j.rate("dogs", ["a dog"]) == [2]
+    assert j.sleeps == [7.0, 1.0]  # Retry-After, then the backoff (doubled after the first wait)
+    assert "429" in j.failures[0]
+
+
+def test_chat_judge_stops_after_consecutive_failures(judge_server: Any) -> None:
+    from atlascli.errors import AtlasError
+
+    srv = judge_server([500] * 50)
+    j = _judge(srv.url, retries=4, samples=3, max_consecutive_failures=5)
+    with pytest.raises(AtlasError, match="failed 5 requests in a row"):
+        j.rate("dogs", ["a dog"])
+    assert len(srv.requests) == 5
+    # a success resets the run
+    srv2 = judge_server([500, 500, '{"0": 2}', 500, 500, '{"0": 1}', '{"0": 1}'])
+    j2 = _judge(srv2.url, retries=4, samples=3, max_consecutive_failures=3)
+    assert j2.rate("dogs", ["a dog"]) == [1]
+
+
+def test_chat_judge_never_sends_key_over_plain_http(judge_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    j = ChatJudge(model="m", url="http://judge.example.com/v1")
+    with pytest.raises(InputError, match="plain http"):
+        j.preflight()
+    with pytest.raises(InputError, match="plain http"):
+        j.rate("dogs", ["a dog"])
+    srv = judge_server(['{"0": 2}'])  # localhost over http is fine
+    assert _judge(srv.url, samples=1).rate("dogs", ["a dog"]) == [2]
+    assert srv.headers[0]["Authorization"] == "Bearer sk-secret"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    ChatJudge(model="m", url="http://judge.example.com/v1")._headers()  # no key: nothing to protect
+    with pytest.raises(InputError, match="not an http"):
+        ChatJudge(model="m", url="ftp://judge.example.com/v1")
+
+
+def test_redact_url() -> None:
+    from atlascli.judges import redact_url
+
+    assert redact_url("https://user:pw@host.example/v1?api_key=sk-1&model=x") == \
+        "https://REDACTED@host.example/v1?api_key=REDACTED&model=x"
+    assert redact_url("https://host.example/v1?token=abc&sig=z") == "https://host.example/v1?token=REDACTED&sig=REDACTED"
+    assert redact_url("http://localhost:8000/v1") == "http://localhost:8000/v1"
+    assert "sk-1" not in redact_url("https://h/v1?X-Api-Key=sk-1")

@@ -79,3 +79,86 @@ def test_gguf_cache_reproduces_the_gguf_model_exactly(tmp_path, monkeypatch):
     assert ref.apply_chat_template(msgs, tokenize=False) == fast.apply_chat_template(msgs, tokenize=False)
     assert (ref.bos_token, ref.eos_token, ref.pad_token, ref.padding_side) == (
         fast.bos_token, fast.eos_token, fast.pad_token, fast.padding_side)
+
+
+def test_local_revision_covers_every_weight_file_and_is_cached(tmp_path, monkeypatch):
+    import shutil
+
+    import atlascli.registry.hashcache as hc
+    from atlascli.modelcache import folder_revision
+
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    for i in (1, 2):
+        (folder / f"model-0000{i}-of-00002.safetensors").write_bytes(bytes([i]) * 64)
+    rev = folder_revision(folder)
+    calls = []
+    real = hc.sha256_file
+    monkeypatch.setattr(hc, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert folder_revision(folder) == rev and calls == []  # cached by path, size and times
+    shard = folder / "model-00002-of-00002.safetensors"
+    shard.write_bytes(bytes([9]) * 64)  # same size, other content: the old code's size-only hash missed this
+    assert folder_revision(folder) != rev and len(calls) == 1
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    assert folder_revision(copy) == folder_revision(folder)  # content-addressed, not path-addressed
+
+
+def _tiny_cache_builder(tiny_models, built):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from atlascli.models import write_model_cache
+
+    def build(tmp):
+        built.append(tmp)
+        tok = AutoTokenizer.from_pretrained(str(tiny_models["llama"]))
+        write_model_cache(tmp, AutoModelForCausalLM.from_pretrained(str(tiny_models["llama"])), tok)
+        return {"padding_side": tok.padding_side}
+
+    return build
+
+
+def test_model_cache_is_rebuilt_when_damaged_and_never_half_published(tiny_models, tmp_path):
+    from atlascli.modelcache import MARKER, build_cache_dir, cache_dir_valid
+
+    built: list = []
+    cache = tmp_path / "cache" / "tiny"
+    build = _tiny_cache_builder(tiny_models, built)
+    assert build_cache_dir(cache, build) and cache_dir_valid(cache)
+    assert not build_cache_dir(cache, build) and len(built) == 1  # warm: nothing rebuilt
+    weights = cache / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # a damaged entry (e.g. an old killed first load)
+    assert not cache_dir_valid(cache)
+    assert build_cache_dir(cache, build) and weights.read_bytes() == good
+    # a builder that dies half way leaves the old entry or none, never a partial one, and no temp folder
+    (cache / MARKER).unlink()
+
+    def dies(tmp):
+        (tmp / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_cache_dir(cache, dies)
+    assert sorted(p.name for p in cache.parent.iterdir() if not p.name.startswith(".locks")) == ["tiny"]
+    assert not cache_dir_valid(cache)
+    assert build_cache_dir(cache, build) and cache_dir_valid(cache)
+
+
+def test_assembled_file_is_checked_before_publishing(tmp_path):
+    import hashlib
+
+    from atlascli.errors import CorruptArtifactError
+    from atlascli.modelcache import build_cache_file
+
+    target = tmp_path / "gguf" / "m.gguf"
+    data = b"GGUF" + bytes(range(200))
+    sha = hashlib.sha256(data).hexdigest()
+    with pytest.raises(CorruptArtifactError, match="sha256"):
+        build_cache_file(target, lambda p: p.write_bytes(data[:-1]), sha)
+    assert not target.exists() and [p.name for p in target.parent.iterdir()] == [".locks"]
+    assert build_cache_file(target, lambda p: p.write_bytes(data), sha) == sha and target.read_bytes() == data
+    target.write_bytes(data[:-1])  # damaged later: rebuilt on next use
+    assert build_cache_file(target, lambda p: p.write_bytes(data), sha) == sha and target.read_bytes() == data

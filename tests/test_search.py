@@ -88,7 +88,7 @@ def test_search_cli_json_and_errors(aligned, tiny_models, capsys):
     code = main(["search", "--features", "500"])
     assert code == 2 and "does not exist" in capsys.readouterr().err
     code = main(["search", "unknown-concept-xyz", "--threshold", "0.99"])
-    assert code == 2 and "no atlas label matches" in capsys.readouterr().err
+    assert code == 2 and "labelling sentences are similar to" in capsys.readouterr().err
     code = main(["concept", "add", "two", "--features", "3,7", "--json"])
     assert code == 0
     capsys.readouterr()
@@ -124,3 +124,65 @@ def test_aligned_sentences_match_numpy_reference(aligned, tiny_models):
     np.testing.assert_allclose([v for v, _ in got], np.sort(cos)[::-1][:4], rtol=1e-4)
     for v, t in got:
         assert cos[sentences.index(t)] == pytest.approx(v, rel=1e-4)
+
+
+def test_text_via_examples_is_the_mean_normalised_code_of_the_retrieved_sentences_minus_the_corpus_mean(aligned):
+    from atlascli.embed import embed
+    from atlascli.search import query_from_text
+
+    atlas, _ = aligned
+    ex = atlas.examples
+    text = "the dog and the cat"
+    q = query_from_text(text, atlas, route="examples", n_examples=10, threshold=-1.0)
+    assert q.source == "text (examples)" and q.examples
+    # independent reference: dense codes from the stored CSR, numpy mean, cosine retrieval
+    indptr, indices, values = (ex[k].numpy() for k in ("indptr", "indices", "values"))
+    n = len(indptr) - 1
+    dense = np.zeros((n, atlas.width))
+    for r in range(n):
+        dense[r, indices[indptr[r]:indptr[r + 1]]] = values[indptr[r]:indptr[r + 1]].astype(np.float64)
+    dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)  # Procrustes' row-normalised space
+    sims = ex["embeddings"].float().numpy() @ embed([text])[0].numpy()
+    top = np.argsort(-sims, kind="stable")[:10]
+    want = dense[top].mean(0) - dense.mean(0)
+    np.testing.assert_allclose(q.dense(atlas.width).numpy(), want, atol=1e-4)
+    assert want[q.matches[0]["index"]] > 0 and q.features[0] == int(np.argmax(want))
+
+
+def test_text_via_labels_skips_incoherent_features_and_says_so(aligned):
+    from atlascli.search import query_from_text
+
+    atlas, _ = aligned
+    q = query_from_text("dog", atlas, route="labels", threshold=-1.0, top_features=3)
+    assert q.source == "text (labels)" and len(q.features) == 3
+    assert all(bool(atlas.coherent[i]) for i in q.features)
+    with pytest.raises(InputError, match="matches only incoherent|no atlas label matches"):
+        query_from_text("dog", atlas, route="labels", threshold=0.99)
+    with pytest.raises(InputError, match="unknown text route"):
+        query_from_text("dog", atlas, route="magic")
+
+
+def test_duplicate_features_are_merged_not_rescaled(aligned):
+    atlas, fits = aligned
+    q = query_from_features("5,5,7:2", atlas)
+    assert q.features == [5, 7] and q.weights == [2.0, 2.0]
+    from atlascli.search import subject_similarity
+
+    once = subject_similarity(query_from_features("5:2,7:2", atlas), fits[0])
+    torch.testing.assert_close(subject_similarity(q, fits[0]), once)
+
+
+def test_old_atlas_loads_and_routes_text_through_labels(aligned):
+    """An atlas built before labels v2 (no coherence, no stored examples) still answers text queries."""
+    from atlascli.atlas.store import Atlas
+    from atlascli.registry import Artifact
+    from atlascli.search import query_from_text
+
+    atlas, _ = aligned
+    m = json.loads(json.dumps(atlas.artifact.manifest))
+    m["provenance"].pop("labels_version")
+    m["files"].pop("examples.safetensors")
+    old = Atlas(Artifact(atlas.id, "atlas", atlas.artifact.path, m))
+    assert old.labels_version == 1 and not old.has_examples
+    q = query_from_text("dog", old, threshold=-1.0)
+    assert q.source == "text (labels)"

@@ -118,11 +118,11 @@ def test_steer_cli(aligned, capsys, tmp_path):
     code = main(["steer", "--features", "3", "--layers", "1"])
     assert code == 2 and "atlas fit" in capsys.readouterr().err
     code = main(["steer", "--features", "3", "--random", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
-    assert code == 0 and json.loads(capsys.readouterr().out)["random"] is True
-    code = main(["steer", "--features", "3", "--relative", "--lambda", "0.5", "--prompt", "Hi", "--max-new-tokens", "3",
-                 "--json"])
+    assert code == 0 and list(json.loads(capsys.readouterr().out)["random_generations"]) == ["35.0"]
+    code = main(["steer", "--features", "3", "--unit", "absolute", "--lambda", "0.5", "--prompt", "Hi",
+                 "--max-new-tokens", "3", "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert code == 0 and data["relative"] is True and data["layer_lambda_scale"]["2"] > 0
+    assert code == 0 and data["unit"] == "absolute" and data["multipliers"]["0.5"]["2"] == 0.5
 
 
 def test_site_norms_match_a_hand_hook(tiny_models):
@@ -145,3 +145,27 @@ def test_site_norms_match_a_hand_hook(tiny_models):
     for i in (1, 2):
         expected = float(np.median(seen[i][mask].norm(dim=-1).numpy()))
         assert got[i] == pytest.approx(expected, rel=1e-5)
+
+
+def test_norm_unit_lambdas_give_a_fixed_share_of_the_token_norm():
+    from atlascli.steering import absolute_lambdas
+
+    vecs = {3: torch.ones(4) * 2.0, 7: torch.tensor([3.0, 4.0, 0.0, 0.0])}
+    mult = absolute_lambdas(vecs, 35.0, "norm", {3: 10.0, 7: 2.0})
+    for layer, v in vecs.items():  # lambda 35 = NORM_REFERENCE: |mult * s| = the layer's median token norm
+        assert float((mult[layer] * v).norm()) == pytest.approx({3: 10.0, 7: 2.0}[layer])
+    half = absolute_lambdas(vecs, 17.5, "norm", {3: 10.0, 7: 2.0})
+    assert float((half[3] * vecs[3]).norm()) == pytest.approx(5.0)
+    assert absolute_lambdas(vecs, 35.0, "absolute") == {3: 35.0, 7: 35.0}
+    with pytest.raises(InputError):
+        absolute_lambdas(vecs, 35.0, "percent")
+
+
+def test_steer_cli_defaults_state_unit_layers_and_template(aligned, capsys):
+    code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["unit"] == "norm" and out["lambda_source"] == "default"
+    assert out["layers_default"] is True and out["layers"] == [2]
+    assert set(out["generations"]) == {"0.0", "35.0"}
+    for bad in (["--lambda", ""], ["--lambda", "0,10"], ["--lambda", "x"]):
+        assert main(["steer", "--features", "3", "--prompt", "Hi", *bad]) == 2

@@ -1,28 +1,33 @@
-"""Offline Concept Atlas build: a TopK SAE trained with sae-lens on the foundation model's per-token
-activations over the default corpus, then every feature labelled without network (paper 3.2).
+"""Offline Concept Atlas build (paper 3.2): one pass of the foundation model over the labelling sentences
+keeps every real token's activation; a TopK SAE is trained on them with sae-lens; the same tokens give
+every sentence's max-pooled codes (stored as the activations `atlas fit` reuses); every feature is
+labelled offline from its top sentences (see :mod:`atlascli.atlas.labels`).
 
-Labels come from each feature's top-activating sentences and the tokens where it peaks; the label
-embedding is the mean embedding of those sentences (as Semantic Lens does).
+The atlas also stores the labelling sentences' embeddings and codes (``examples.safetensors``), so a
+text query can be resolved through examples: the sentences most similar to the query, their mean code
+minus the corpus mean (the paper's query from examples, with the examples found for the user).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from atlascli.corpus import load_split, resolve_dataset
+from atlascli.atlas.labels import COHERENCE_THRESHOLD, label_features, labelling_stats, top_samples
+from atlascli.atlas.train import SAETraining, collect_tokens, pooled_codes, reconstruction_quality, train_sae
+from atlascli.corpus import load_sources, load_split, resolve_dataset
 from atlascli.errors import InputError
-from atlascli.extract import Activations, ExtractConfig, _pool_mask, extract, make_batches
-from atlascli.hooks import record_sites, run_until
-from atlascli.models import DEFAULTS, LoadedModel, check_layer, load_model
+from atlascli.extract import ExtractConfig, _artifact_id, shard_name
+from atlascli.models import DEFAULTS, LoadedModel, check_layer, load_model, model_card
 from atlascli.registry import Artifact, Registry, slug
-from atlascli.registry.files import atomic_save_tensors, atomic_write_json, sha256_json
+from atlascli.registry.files import atomic_save_tensors, atomic_write_json, load_tensors, read_json, sha256_json
+
+LABELS_VERSION = 2
+"""Version of the offline labelling (1: peak tokens only; 2: content words, WordNet, coherence)."""
 
 ProgressFn = Callable[[str, int, int], None]
 """Progress callback: (stage, done, total)."""
@@ -30,7 +35,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class AtlasBuildConfig:
-    """How to build an offline atlas."""
+    """How to build an offline atlas (defaults: about 10 minutes on 2 CPU cores)."""
 
     name: str = "default"
     """Registry name."""
@@ -46,20 +51,24 @@ class AtlasBuildConfig:
     """TopK sparsity (active features per token)."""
     dataset: str = "default"
     """Dataset (train split) for training and labelling."""
-    train_sentences: int = 16000
-    """Sentences whose tokens train the SAE (5% of them held out for quality metrics)."""
+    train_sentences: int = 12000
+    """Sentences whose tokens train the SAE (the last 5% held out for quality metrics)."""
     max_tokens: int = 300_000
-    """At most this many training tokens are kept in memory."""
-    epochs: int = 4
+    """At most this many training tokens are used."""
+    epochs: int = 2
     """Passes over the training tokens."""
-    batch_size: int = 4096
+    batch_size: int = 1024
     """Tokens per SAE training step."""
-    lr: float = 5e-4
+    lr: float = 1e-3
     """Adam learning rate."""
-    label_sentences: int = 20000
-    """Sentences whose pooled codes label the features (also reused by `atlas fit`)."""
-    top_samples: int = 10
-    """Max-activating samples kept per feature."""
+    label_sentences: int = 12000
+    """Sentences whose pooled codes label the features (stored as the activations `atlas fit` reuses)."""
+    top_samples: int = 20
+    """Max-activating samples kept per feature (labels, coherence)."""
+    aux_coefficient: float = 1.0
+    """Weight of the TopK auxiliary loss that revives dead features."""
+    coherence_threshold: float = COHERENCE_THRESHOLD
+    """Features whose top samples are less coherent than this are labelled ``syntax: ...``."""
     embedder: str = DEFAULTS["embedder"]
     """Embedder of labels and queries."""
     seed: int = 0
@@ -67,175 +76,189 @@ class AtlasBuildConfig:
     device: str = "cpu"
     """cpu, cuda or auto."""
 
-
-def collect_tokens(lm: LoadedModel, sentences: list[str], layer: int, site: str, max_tokens: int,
-                   batch_tokens: int = 2048, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Per-token activations (real tokens only: no padding, no BOS) [T, width] float32."""
-    tok = lm.tokenizer
-    tok.padding_side = "right"
-    lengths = [len(x) for x in tok(sentences, truncation=True, max_length=128)["input_ids"]]
-    chunks, total = [], 0
-    for batch in make_batches(lengths, batch_tokens, 128):
-        enc = tok([sentences[i] for i in batch], padding=True, truncation=True, max_length=128,
-                  return_tensors="pt", return_special_tokens_mask=True)
-        mask = _pool_mask(enc)
-        with torch.inference_mode(), record_sites(lm.model, [layer], site) as store:
-            run_until(lm.model, input_ids=enc["input_ids"].to(lm.device),
-                      attention_mask=enc["attention_mask"].to(lm.device))
-            chunks.append(store[layer][mask.to(lm.device)].float().cpu())
-        total += chunks[-1].shape[0]
-        if progress:
-            progress(min(total, max_tokens), max_tokens)
-        if total >= max_tokens:
-            break
-    return torch.cat(chunks)[:max_tokens]
+    def __post_init__(self) -> None:
+        if self.width < 2 or self.k < 1 or self.k > self.width:
+            raise InputError(f"bad SAE shape: width={self.width}, k={self.k}", "need 1 <= k <= width")
+        for name in ("train_sentences", "max_tokens", "epochs", "batch_size", "label_sentences", "top_samples"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                 f"e.g. --{name.replace('_', '-')} {getattr(AtlasBuildConfig, name)}")
+        if not self.lr > 0 or self.aux_coefficient < 0:
+            raise InputError(f"lr must be > 0 and aux coefficient >= 0 (got {self.lr}, {self.aux_coefficient})",
+                             "e.g. --lr 1e-3")
+        if self.layer < 0:
+            raise InputError(f"layer must be >= 0, got {self.layer}", "e.g. --layer 9")
 
 
-def _batches(x: torch.Tensor, batch: int, seed: int) -> Iterator[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        perm = torch.randperm(x.shape[0], generator=gen)
-        for a in range(0, x.shape[0] - batch + 1, batch):
-            yield x[perm[a:a + batch]]
+def codes_config(cfg: AtlasBuildConfig, atlas_id: str, n: int) -> ExtractConfig:
+    """The extraction whose artifact holds the labelling sentences' codes (what `atlas fit --limit n` asks for)."""
+    return ExtractConfig(model=cfg.foundation, layers=(cfg.layer,), site=cfg.site, dataset=cfg.dataset, split="train",
+                         sae=atlas_id, limit=n, device=cfg.device)
 
 
-def train_sae(tokens: torch.Tensor, cfg: AtlasBuildConfig, out: Path,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Train a TopK SAE with sae-lens on ``tokens`` and save it (inference format) to ``out``."""
-    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import SAETrainerConfig
-
-    torch.manual_seed(cfg.seed)
-    d_in = tokens.shape[1]
-    batch = min(cfg.batch_size, tokens.shape[0])
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.width, k=cfg.k, device="cpu"))
-    scale = float(np.sqrt(d_in) / tokens.norm(dim=1).mean())
-    with torch.no_grad():
-        sae.b_dec.copy_(tokens.mean(0) * scale)
-    total = cfg.epochs * tokens.shape[0]
-    steps = max(1, total // batch)
-    trainer = SAETrainer(SAETrainerConfig(total_training_samples=total, train_batch_size_samples=batch, lr=cfg.lr,
-                                          lr_end=cfg.lr / 10, lr_warm_up_steps=max(1, steps // 20),
-                                          lr_decay_steps=max(1, steps // 5), device="cpu",
-                                          dead_feature_window=max(10, total // batch // 4),
-                                          feature_sampling_window=max(10, total // batch // 2)),
-                         sae, data_provider=_batches(tokens, batch, cfg.seed))
-    trainer.activation_scaler.scaling_factor = scale
-    provider = _batches(tokens, batch, cfg.seed)
-    last: dict[str, float] = {}
-    while trainer.n_training_samples < total:
-        trainer.maybe_reset_sparsity()
-        step = trainer.step(next(provider))
-        trainer.n_training_steps += 1
-        last = {"loss": float(step.loss.detach())}
-        if progress:
-            progress(trainer.n_training_samples, total)
-    sae.fold_activation_norm_scaling_factor(scale)
-    trainer.activation_scaler.scaling_factor = None
-    trainer.set_final_sae_metadata()
-    sae.save_inference_model(out)
-    return {"steps": trainer.n_training_steps, "tokens_seen": trainer.n_training_samples, "final_loss": last.get("loss"),
-            "scaling_factor_folded": scale, "batch_size": batch, "lr": cfg.lr}
-
-
-@torch.no_grad()
-def reconstruction_quality(sae: Any, tokens: torch.Tensor) -> dict[str, float]:
-    """Fraction of variance explained, MSE and L0 on held-out tokens."""
-    codes = sae.encode(tokens)
-    recon = sae.decode(codes)
-    resid = ((tokens - recon) ** 2).sum()
-    var = ((tokens - tokens.mean(0)) ** 2).sum()
-    return {"fraction_variance_explained": float(1 - resid / var), "mse": float(((tokens - recon) ** 2).mean()),
-            "l0": float((codes > 0).float().sum(1).mean()), "heldout_tokens": int(tokens.shape[0])}
+def _store_codes(registry: Registry, cfg: AtlasBuildConfig, atlas_id: str, lm: LoadedModel, dataset: Artifact,
+                 sae: Any, toks: Any, n: int, forward_seconds: float | None = None) -> Artifact:
+    """Write the labelling sentences' pooled codes as the activations artifact `atlas fit` would extract."""
+    ecfg = codes_config(cfg, atlas_id, n)
+    ds_fp = dataset.provenance["dataset_fingerprint"]
+    sae_prov = {"sae": atlas_id, "sae_source": "atlas"}
+    art_id = _artifact_id(ecfg, lm.revision, ds_fp, sae_prov)
+    if registry.exists(art_id, "activations"):
+        return registry.get(art_id, "activations")
+    stage = registry.stage("activations", art_id, parents=[dataset.id])
+    if (published := stage.published) is not None:
+        stage.release()
+        return published
+    n_shards = (n + ecfg.shard_size - 1) // ecfg.shard_size
+    tokens = 0
+    for k in range(n_shards):
+        lo, hi = k * ecfg.shard_size, min(n, (k + 1) * ecfg.shard_size)
+        t = {key.replace("L.", f"L{cfg.layer}."): v for key, v in pooled_codes(sae, toks, lo, hi).items()}
+        t["index"] = torch.arange(lo, hi, dtype=torch.int64)
+        tokens += int(t["n_tokens"].sum())
+        atomic_save_tensors(stage.path / shard_name(k), t)
+    provenance = {
+        "model": ecfg.model, "revision": lm.revision, "layers": [cfg.layer], "site": cfg.site, "dataset": dataset.id,
+        "dataset_fingerprint": ds_fp, "split": "train", "n": n, "limit": n, "dtype": ecfg.dtype,
+        "pooling": "max over non-special tokens", "max_length": ecfg.max_length, "shard_size": ecfg.shard_size,
+        "sae": sae_prov, "sparse": True,
+    }
+    meta = {"widths": {str(cfg.layer): int(sae.cfg.d_sae)}, "n_shards": n_shards, "tokens": tokens,
+            "model_card": model_card(lm), "computed_by": "atlas build (from the kept tokens, no second pass)"}
+    if forward_seconds:  # this machine's forward throughput (the plan of a later `atlas fit` / `extract` reads it)
+        n_all = int(toks.n_tokens.shape[0])
+        meta["throughput"] = {"sentences": n_all, "seconds": round(forward_seconds, 3),
+                              "sentences_per_s": n_all / forward_seconds,
+                              "tokens_per_s": float(toks.n_tokens.sum()) / forward_seconds, "device": lm.device.type,
+                              "dtype": "float32", "deepest_layer": cfg.layer, "sae": False}
+    return stage.commit(provenance, meta, required=[shard_name(k) for k in range(n_shards)])
 
 
-def label_features(codes: Activations, layer: int, sentences: list[str], tokenizer: Any, top: int,
-                   embedder: str) -> tuple[list[dict[str, Any]], torch.Tensor]:
-    """Per feature: top samples, peak tokens, a short label; and label embeddings [width, dim]."""
-    from atlascli.embed import embed
+def _csr_of(codes: Artifact, layer: int) -> tuple[Any, Any, Any, Any]:
+    import numpy as np
 
-    cols, vals, rows, peaks = [], [], [], []
-    for shard in codes.shards(layer):
+    from atlascli.extract import Activations
+
+    parts: list[list[Any]] = [[], [], [], []]
+    offset = 0
+    for shard in Activations(codes).shards(layer):
         assert shard.csr is not None and shard.peak_tokens is not None
         indptr, indices, values = shard.csr
-        counts = np.diff(indptr)
-        rows.append(np.repeat(shard.index.numpy(), counts))
-        cols.append(indices.astype(np.int64))
-        vals.append(values)
-        peaks.append(shard.peak_tokens)
-    col, val, row, peak = (np.concatenate(x) for x in (cols, vals, rows, peaks))
-    width = codes.widths[layer]
-    freq = np.bincount(col, minlength=width) / max(codes.n, 1)
-    order = np.lexsort((-val, col))
-    starts = np.searchsorted(col[order], np.arange(width))
-    ends = np.searchsorted(col[order], np.arange(width), side="right")
-    labels: list[dict[str, Any]] = []
-    top_ids: list[list[int]] = []
-    for f in range(width):
-        sel = order[starts[f]:min(ends[f], starts[f] + top)]
-        ids = row[sel].tolist()
-        toks = [tokenizer.decode([int(t)]).strip() for t in peak[sel]]
-        common = [t for t, _ in Counter(t.lower() for t in toks if t).most_common(3)]
-        labels.append({"index": f, "label": " / ".join(common) if common else "(dead)", "description": None,
-                       "top_tokens": toks, "top_samples": [sentences[i] for i in ids],
-                       "top_values": [round(float(v), 5) for v in val[sel]], "frequency": round(float(freq[f]), 6)})
-        top_ids.append(ids)
-    uniq = sorted({i for ids in top_ids for i in ids})
-    pos = {i: n for n, i in enumerate(uniq)}
-    emb = embed([sentences[i] for i in uniq], embedder)
-    out = torch.zeros(width, emb.shape[1] if len(uniq) else 384)
-    for f, ids in enumerate(top_ids):
-        if ids:
-            v = emb[[pos[i] for i in ids]].mean(0)
-            out[f] = v / v.norm().clamp_min(1e-12)
-    return labels, out
+        parts[0].append(indptr[1:] + offset if parts[0] else indptr + offset)
+        offset += int(indptr[-1])
+        parts[1].append(indices)
+        parts[2].append(values)
+        parts[3].append(shard.peak_tokens)
+    return tuple(np.concatenate(p) for p in parts)  # type: ignore[return-value]
+
+
+def label_and_store(folder: Any, codes_art: Artifact, layer: int, width: int, sentences: list[str],
+                    sources: list[str] | None, embedder: str, decode: Callable[[int], str], top: int,
+                    threshold: float, seed: int, progress: ProgressFn | None) -> dict[str, Any]:
+    """Label every feature from the labelling sentences' codes and write ``labels.json``,
+    ``label_embeddings.safetensors`` and ``examples.safetensors`` into ``folder``; returns labelling stats."""
+    from atlascli.embed import embed
+
+    indptr, indices, values, peaks = _csr_of(codes_art, layer)
+    n_label = len(indptr) - 1
+    label_sents = sentences[:n_label]
+    emb = embed(label_sents, embedder)
+    samples = top_samples(indptr, indices, values, peaks, width, top)
+    labels, label_emb = label_features(samples, label_sents, sources[:n_label] if sources else None, emb, decode,
+                                       threshold, seed, (lambda d, t: progress("label features", d, t)) if progress
+                                       else None)
+    atomic_write_json(folder / "labels.json", labels)
+    atomic_save_tensors(folder / "label_embeddings.safetensors", {"embeddings": label_emb})
+    atomic_save_tensors(folder / "examples.safetensors", {
+        "embeddings": emb.half(), "indptr": torch.from_numpy(indptr).long(),
+        "indices": torch.from_numpy(indices.astype("int32")), "values": torch.from_numpy(values).half()})
+    return {**labelling_stats(labels), "dead_in_labelling": sum(1 for x in labels if x["frequency"] == 0)}
+
+
+def relabel_offline(atlas: Any, folder: Any, registry: Registry,
+                    progress: ProgressFn | None = None) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, Any]]:
+    """Offline labels v2 for an existing trained atlas, from the codes it was labelled with."""
+    p, meta = atlas.artifact.provenance, atlas.artifact.meta
+    codes_id = meta.get("label_codes")
+    if not codes_id or not registry.exists(codes_id, "activations"):
+        raise InputError(f"atlas {atlas.id} has no labelling codes in the registry ({codes_id})",
+                         "rebuild it with `atlas atlas build`")
+    dataset = registry.get(p["dataset"], "dataset")
+    tok = load_model(p["foundation"]).tokenizer  # (a cached model loads in seconds; only its tokenizer is used)
+    cfg = meta.get("config", {})
+    stats = label_and_store(folder, registry.get(codes_id, "activations"), int(p["layer"]), int(p["width"]),
+                            load_split(dataset, "train"), load_sources(dataset, "train"),
+                            p.get("embedder", DEFAULTS["embedder"]), lambda t: tok.decode([t]),
+                            max(int(cfg.get("top_samples", 20)), 20),
+                            COHERENCE_THRESHOLD, int(p.get("seed", 0)), progress)
+    stats.pop("dead_in_labelling")
+    return (read_json(folder / "labels.json"), load_tensors(folder / "label_embeddings.safetensors")["embeddings"],
+            stats)
 
 
 def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
-                lm: LoadedModel | None = None) -> Artifact:
-    """Train, label and store an atlas (reused when an identical one exists)."""
+                lm: LoadedModel | None = None, on_plan: Callable[[Any], None] | None = None) -> Artifact:
+    """Train, label and store an atlas (reused when an identical one exists).
+
+    Every input is checked from configs first (:func:`atlascli.plan_tasks.plan_build`); ``on_plan`` gets the
+    plan before any model is loaded or anything is written."""
     from sae_lens import SAE
 
+    from atlascli.plan_tasks import plan_build
+
+    plan = plan_build(cfg, registry or Registry())
+    if on_plan:
+        on_plan(plan)
+
+
     registry = registry or Registry()
-    if cfg.width < 2 or cfg.k < 1 or cfg.k > cfg.width:
-        raise InputError(f"bad SAE shape: width={cfg.width}, k={cfg.k}", "need 1 <= k <= width")
     dataset = resolve_dataset(cfg.dataset, registry)
     sentences = load_split(dataset, "train")
     lm = lm or load_model(cfg.foundation, cfg.device)
     check_layer(lm.model, cfg.layer, cfg.site)
     ds_fp = dataset.provenance["dataset_fingerprint"]
-    key = sha256_json({**asdict(cfg), "revision": lm.revision, "dataset": ds_fp})
+    key = sha256_json({**asdict(cfg), "revision": lm.revision, "dataset": ds_fp, "labels": LABELS_VERSION})
     art_id = f"atlas-{cfg.name}-{slug(cfg.foundation)}-L{cfg.layer}-{cfg.site}-w{cfg.width}-{key[:10]}"
     if registry.exists(art_id, "atlas"):
         return registry.get(art_id, "atlas")
-    stage = registry.stage("atlas", art_id, parents=[dataset.id])
 
     def cb(stage_name: str) -> Callable[[int, int], None] | None:
         return (lambda d, t: progress(stage_name, d, t)) if progress else None
 
-    train = sentences[: cfg.train_sentences]
-    n_hold = max(1, len(train) // 20)
-    tokens = collect_tokens(lm, train[:-n_hold], cfg.layer, cfg.site, cfg.max_tokens, progress=cb("foundation tokens"))
-    held = collect_tokens(lm, train[-n_hold:], cfg.layer, cfg.site, max(1, cfg.max_tokens // 20))
-    if tokens.shape[0] < cfg.batch_size // 8:
-        raise InputError(f"only {tokens.shape[0]} training tokens", "use more --train-sentences")
+    n = min(len(sentences), max(cfg.train_sentences, cfg.label_sentences))
+    n_train = min(cfg.train_sentences, n)
+    n_hold = max(1, n_train // 20)
+    if n_train - n_hold < 2:
+        raise InputError(f"only {n_train} training sentences", "use more --train-sentences")
+    stage = registry.stage("atlas", art_id, parents=[dataset.id])
+    if (published := stage.published) is not None:
+        stage.release()
+        return published
+    started = time.perf_counter()
+    toks = collect_tokens(lm, sentences[:n], cfg.layer, cfg.site, progress=cb("foundation tokens"))
+    forward_seconds = time.perf_counter() - started
+    train_rows = toks.rows(0, n_train - n_hold)
+    train_tokens = toks.acts[train_rows][: cfg.max_tokens]
+    if train_tokens.shape[0] < max(cfg.batch_size // 8, 2):
+        raise InputError(f"only {train_tokens.shape[0]} training tokens", "use more --train-sentences")
     sae_dir = stage.path / "sae"
-    training = train_sae(tokens, cfg, sae_dir, cb("train SAE"))
-    del tokens
-    sae = SAE.load_from_disk(str(sae_dir), device=str(lm.device))
-    quality = reconstruction_quality(sae, held.to(lm.device))
-    codes_art = extract(ExtractConfig(model=cfg.foundation, layers=(cfg.layer,), site=cfg.site, dataset=cfg.dataset,
-                                      split="train", sae=art_id, limit=cfg.label_sentences, device=cfg.device),
-                        registry, (lambda d, t, _k: progress("label codes", d, t)) if progress else None, lm=lm, sae=sae)
-    labels, label_emb = label_features(Activations(codes_art), cfg.layer, sentences, lm.tokenizer, cfg.top_samples,
-                                       cfg.embedder)
-    atomic_write_json(stage.path / "labels.json", labels)
-    atomic_save_tensors(stage.path / "label_embeddings.safetensors", {"embeddings": label_emb})
-    dead = sum(1 for x in labels if x["frequency"] == 0)
-    quality.update({"dead_features": dead, "dead_fraction": dead / cfg.width})
+    training = train_sae(train_tokens, SAETraining(cfg.width, cfg.k, cfg.epochs, cfg.batch_size, cfg.lr,
+                                                   cfg.aux_coefficient, True, cfg.seed), sae_dir, cb("train SAE"))
+    del train_tokens
+    sae = SAE.load_from_disk(str(sae_dir), device="cpu")
+    quality = reconstruction_quality(sae, toks.acts[toks.rows(n_train - n_hold, n_train)])
+    n_label = min(cfg.label_sentences, n)
+    codes_art = _store_codes(registry, cfg, art_id, lm, dataset, sae, toks, n_label, forward_seconds)
+    del toks
+    stats = label_and_store(stage.path, codes_art, cfg.layer, cfg.width, sentences, load_sources(dataset, "train"),
+                            cfg.embedder, lambda t: lm.tokenizer.decode([t]), cfg.top_samples,
+                            cfg.coherence_threshold, cfg.seed, progress)
+    dead = stats.pop("dead_in_labelling")
+    quality.update({"dead_features": dead, "dead_fraction": dead / cfg.width, **stats})
     provenance = {"name": cfg.name, "foundation": cfg.foundation, "revision": lm.revision, "layer": cfg.layer,
                   "site": cfg.site, "width": cfg.width, "k": cfg.k, "dataset": dataset.id,
                   "dataset_fingerprint": ds_fp, "seed": cfg.seed, "embedder": cfg.embedder, "source": "trained",
-                  "labels": "offline: peak tokens of top samples; embedding = mean of top samples"}
+                  "labels": "offline v2: distinctive content words, WordNet synsets, coherence",
+                  "labels_version": LABELS_VERSION, "n_label_sentences": n_label}
     return stage.commit(provenance, {"quality": quality, "training": training, "config": asdict(cfg),
                                      "label_codes": codes_art.id})

@@ -8,13 +8,14 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from atlascli.errors import InputError, NotFoundError
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import atomic_save_tensors, atomic_write_json, load_tensors, read_json, sha256_json
+
+if TYPE_CHECKING:  # torch loads on first use of tensors, so listing and resolving atlases stays instant
+    import torch
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class Atlas:
         return self.artifact.id
 
     @property
+    def weights_id(self) -> str:
+        """Id of the atlas whose SAE weights this one carries (itself unless relabelled): alignments fitted to
+        that id are valid for this atlas too."""
+        return str(self.artifact.provenance.get("weights_id") or self.id)
+
+    @property
     def width(self) -> int:
         """Number of features (dc)."""
         return int(self.artifact.provenance["width"])
@@ -37,13 +44,13 @@ class Atlas:
     @cached_property
     def labels(self) -> list[dict[str, Any]]:
         """Per-feature records: index, label, description, top samples..."""
-        self.artifact.verify(["labels.json"])
+        self.artifact.verify_cached(["labels.json"])
         return list(read_json(self.artifact.file("labels.json")))
 
     @cached_property
     def label_embeddings(self) -> torch.Tensor:
         """[width, dim] L2-normalised (zero rows for features without text or samples)."""
-        self.artifact.verify(["label_embeddings.safetensors"])
+        self.artifact.verify_cached(["label_embeddings.safetensors"])
         return load_tensors(self.artifact.file("label_embeddings.safetensors"))["embeddings"]
 
     def label(self, index: int) -> str:
@@ -56,6 +63,44 @@ class Atlas:
         if not 0 <= index < self.width:
             raise InputError(f"atlas feature {index} does not exist", f"{self.id} has features 0..{self.width - 1}")
         return self.labels[index]
+
+    @property
+    def labels_version(self) -> int:
+        """1 for atlases labelled by peak tokens only (before coherence and content words), 2 after."""
+        p = self.artifact.provenance
+        return int(p.get("labels_version", 2 if p.get("source") == "imported" else 1))
+
+    @cached_property
+    def coherence(self) -> torch.Tensor:
+        """[width] coherence of each feature (NaN where unknown: imported or old atlases, rare features)."""
+        import torch
+
+        vals = [r.get("coherence") for r in self.labels]
+        return torch.tensor([float("nan") if v is None else float(v) for v in vals])
+
+    @cached_property
+    def coherent(self) -> torch.Tensor:
+        """[width] bool: features usable for text matching (imported atlases: every labelled feature)."""
+        import torch
+
+        if self.labels_version < 2 or self.artifact.provenance.get("source") == "imported":
+            return torch.tensor([bool(r.get("label")) and r.get("label") != "(dead)" for r in self.labels])
+        return torch.tensor([bool(r.get("coherent")) for r in self.labels])
+
+    @property
+    def has_examples(self) -> bool:
+        """Whether the atlas stores its labelling sentences' embeddings and codes (text queries via examples)."""
+        return "examples.safetensors" in self.artifact.manifest["files"]
+
+    @cached_property
+    def examples(self) -> dict[str, torch.Tensor]:
+        """Labelling sentences: ``embeddings`` [n, dim] and their max-pooled codes as CSR (``indptr``,
+        ``indices``, ``values``); checksum-verified on first use."""
+        if not self.has_examples:
+            raise NotFoundError(f"atlas {self.id} stores no labelling examples",
+                                "rebuild it with `atlas atlas build` (atlases built before labels v2 lack them)")
+        self.artifact.verify_cached(["examples.safetensors"])
+        return load_tensors(self.artifact.file("examples.safetensors"))
 
     @property
     def sae_path(self) -> Path:
@@ -135,6 +180,8 @@ def import_atlas(sae_ref: str, labels_path: Path, foundation: str, layer: int, s
     sae.save_model(stage.path / "sae")
     idx = sorted(descriptions)
     emb = embed([descriptions[i] for i in idx], embedder)
+    import torch
+
     table = torch.zeros(width, emb.shape[1])
     table[idx] = emb
     labels: list[dict[str, Any]] = [

@@ -16,6 +16,16 @@ NAMES = {"procrustes": "Orthogonal Procrustes", "cov": "Covariance", "corr": "Cr
          "linreg": "Linear Regression", "semlens": "Semantic Lens", "random": "Random"}
 
 
+SHORT = {"procrustes": "OP", "cov": "Cov", "corr": "CC", "linreg": "LR", "semlens": "SL", "random": "Rnd"}
+LEGEND = ("OP = Orthogonal Procrustes, Cov = Covariance, CC = Cross Correlation, LR = Linear Regression, "
+          "SL = Semantic Lens, Rnd = random direction")
+
+
+def _name(m: str) -> str:
+    """The method's name, abbreviated in a narrow terminal (a legend is printed under the tables)."""
+    return SHORT.get(m, m) if console.width < 120 else NAMES.get(m, m)
+
+
 def _fmt(x: Any, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -28,10 +38,21 @@ def evaluate_cmd(
     atlas: str | None = typer.Option(None, help="Atlas (latest by default)."),
     seed: int = typer.Option(0, help="Seed of sampling, baselines and generation."),
     test_limit: int = typer.Option(5000, help="Held-out test sentences for quality and retrieval."),
-    features: str | None = typer.Option(None, help="Atlas features for quality (default: sample --n-features)."),
+    features: str | None = typer.Option(None, help="Atlas features for quality, or 'paper' for the paper's 100 (A.6.1, "
+                                        "Gemma Scope 16k L20 atlas); default: sample --n-features."),
     n_features: int = typer.Option(100, help="Atlas features sampled for quality."),
     retrieval_features: int = typer.Option(500, help="Subject features sampled for retrieval."),
     set_size: int = typer.Option(20, help="Sentences per retrieval concept set."),
+    candidates: str = typer.Option("validated", help="Retrieval ranks each query among the 'validated' features (the "
+                                   "paper; chance H_n/n, 1/n) or 'all' subject features (harder). Both are reported."),
+    concept_construction: str = typer.Option("tail", help="Offline concept sets: 'tail' (sampled among ranks 21-200, "
+                                             "no method's statistic) or 'top' (top --set-size; favours Semantic Lens)."),
+    concept_sets: Path | None = typer.Option(None, help="Concept sets file (JSON/JSONL: subject feature -> sentences), "
+                                             "as the paper's LLM-written sets; overrides --concept-construction."),
+    random_draws: int = typer.Option(3, help="Random directions per feature (quality) and per concept (steering)."),
+    chat: bool | None = typer.Option(None, "--chat/--raw", help="Steering prompts with the chat template, or raw "
+                                     "continuations (default: raw, as the paper's seed prompts)."),
+    subjects: str | None = typer.Option(None, help="Several subjects A,B,C: one Table-7-style report and figure."),
     concepts: str | None = typer.Option(None, help="Steering concepts, ';'-separated names or text queries."),
     prompts: Path | None = typer.Option(None, help="Seed prompts file (default: the paper's 16)."),
     lambdas: str = typer.Option("-50,-10,-1,0,1,10,50", help="Steering factors."),
@@ -47,8 +68,11 @@ def evaluate_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
     plot: Path | None = typer.Option(None, help="Write a matplotlib figure here."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output (every number + configuration)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
     """Translation quality (AUROC/AP), retrieval (MRR/MPP) and steering faithfulness, methods x layers."""
+    from atlascli.cli.plan_view import PlanSink
+    from atlascli.cli.plan_view import dry_run as show_dry_run
     from atlascli.evaluate import KINDS, EvaluateConfig, evaluate
 
     kinds = KINDS if what == "all" else tuple(k.strip() for k in what.split(",") if k.strip())
@@ -56,8 +80,11 @@ def evaluate_cmd(
     lams = tuple(parse_floats(lambdas, "lambdas", "-50,-10,0,10,50"))
     cfg = EvaluateConfig(kinds=kinds, subject=subject, layers=parse_ints(layers, "layers") if layers else None,
                          methods=methods, atlas=atlas, seed=seed, test_limit=test_limit,
-                         features=parse_ints(features, "features") if features else None, n_features=n_features,
-                         retrieval_features=retrieval_features, set_size=set_size,
+                         features=parse_ints(features, "features") if features and features != "paper" else None,
+                         paper_features=features == "paper", n_features=n_features,
+                         retrieval_features=retrieval_features, set_size=set_size, candidates=candidates,
+                         concept_construction=concept_construction,
+                         concept_sets=str(concept_sets) if concept_sets else None, random_draws=random_draws, chat=chat,
                          concepts=tuple(c.strip() for c in concepts.split(";") if c.strip()) if concepts else None,
                          prompts=plist, lambdas=lams, relative_lambda=relative, combined=combined,
                          max_new_tokens=max_new_tokens, judge=judge, judge_url=judge_url, judge_fpr=judge_fpr,
@@ -67,14 +94,23 @@ def evaluate_cmd(
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib", "pip install matplotlib") from None
+    if dry_run:
+        from atlascli.plan_tasks import plan_evaluate
+
+        show_dry_run(lambda: plan_evaluate(cfg), json_out)
+        return
+    if subjects:
+        _multi(cfg, subjects, plot, json_out)
+        return
+    sink = PlanSink()
     with staged_bars(json_out) as progress:
-        report = evaluate(cfg, progress=progress)
+        report = evaluate(cfg, progress=progress, on_plan=sink)
     if plot is not None:
         from atlascli.evaluate.plot import plot_report
 
         plot_report(report, plot)
     if json_out:
-        emit_json(asdict(report))
+        emit_json({**asdict(report), "plan": sink.json})
         return
     render(report)
     if plot is not None:
@@ -82,52 +118,134 @@ def evaluate_cmd(
     console.print(f"report: {report.artifact}")
 
 
+def _multi(cfg: Any, subjects: str, plot: Path | None, json_out: bool) -> None:
+    from atlascli.evaluate.multi import evaluate_subjects, parse_subjects
+
+    with staged_bars(json_out) as progress:
+        multi = evaluate_subjects(cfg, parse_subjects(subjects), progress=progress)
+    if plot is not None:
+        from atlascli.evaluate.plot import plot_multi
+
+        plot_multi(multi, plot)
+    if json_out:
+        from atlascli.evaluate.multi import _jsonable
+
+        emit_json(_jsonable(asdict(multi)))
+        return
+    render_multi(multi)
+    if plot is not None:
+        console.print(f"figure: {plot}")
+    console.print(f"report: {multi.artifact} (per subject: {', '.join(str(r.artifact) for r in multi.reports.values())})")
+
+
+def render_multi(multi: Any) -> None:
+    """Table 7: subjects x layers as rows, methods (and random) as columns, one table per evaluation."""
+    heads = {"quality": ("AUROC", "AP", "auroc", "ap"), "retrieval": ("MRR", "MPP", "mrr", "mpp"),
+             "steering": ("f", "Δa", "faithfulness", "delta_a")}
+    for kind, by_subject in multi.table.items():
+        h1, h2, k1, k2 = heads[kind]
+        cols = [*multi.methods, "random"]
+        t = Table(title=f"{kind}: {h1} / {h2}, {len(multi.subjects)} subjects -> {multi.atlas}")
+        t.add_column("Subject")
+        t.add_column("Layer")
+        for m in cols:
+            t.add_column(f"{NAMES.get(m, m)} {h1}", justify="right")
+            t.add_column(h2, justify="right")
+        for subject, by_layer in by_subject.items():
+            for n, (layer, row) in enumerate(by_layer.items()):
+                cells = [v for m in cols for v in (_fmt(row.get(m, {}).get(k1)), _fmt(row.get(m, {}).get(k2)))]
+                t.add_row(subject if n == 0 else "", layer if layer == "combined" else f"L{layer}", *cells)
+        console.print(t)
+
+
+def _pm(x: Any, sd: Any, digits: int = 2) -> str:
+    return _fmt(x, digits) + (f" ± {sd:.{digits}f}" if sd is not None and x is not None else "")
+
+
 def render(report: Any) -> None:
-    """Rich tables: methods as rows, layers as columns."""
+    """Rich tables: methods as rows, layers as columns (names abbreviated, with a legend, in narrow terminals)."""
+    _render(report)
+    if console.width < 120:
+        console.print(f"[dim]{LEGEND}[/]", highlight=False)
+
+
+def _render(report: Any) -> None:
     cols = [str(la) for la in report.layers]
     if report.quality:
-        t = Table(title=f"Translation quality (AUROC / AP), {len(report.quality['features'])} atlas features, "
-                        f"N={report.data['n_test']} test sentences")
-        t.add_column("Method")
+        q = report.quality
+        dropped = q.get("dropped", {"count": 0, "features": {}})
+        why = "; ".join(f"{len(v)} {k}" for k, v in dropped["features"].items())
+        t = Table(title=f"Translation quality (AUROC / AP), {q.get('used', len(q['features']))} of {len(q['features'])} "
+                        f"atlas features ({q.get('feature_source', 'sampled')}"
+                        + (f"; dropped: {why}" if dropped["count"] else "; none dropped")
+                        + f"), N={report.data['n_test']} test sentences")
+        t.add_column("Method", no_wrap=True)
         for c in cols:
             t.add_column(f"L{c} AUROC", justify="right")
             t.add_column(f"L{c} AP", justify="right")
         for m in report.methods:
-            t.add_row(NAMES.get(m, m), *[v for c in cols for v in (_fmt(report.quality[m][c]["auroc"]),
-                                                                     _fmt(report.quality[m][c]["ap"]))])
-        base = report.quality["baseline"]
-        t.add_row("Random direction", *[v for c in cols for v in (_fmt(base[c]["random_auroc"]),
-                                                                  _fmt(base[c]["random_ap"]))], style="dim")
-        t.add_row("Positive rate", *[v for c in cols for v in ("", _fmt(base[c]["positive_rate"], 3))], style="dim")
+            t.add_row(_name(m), *[v for c in cols for v in (_fmt(q[m][c]["auroc"]), _fmt(q[m][c]["ap"]))])
+        base = q["baseline"]
+        draws = base[cols[0]].get("random_draws", 1)
+        t.add_row(_name("random") + f" ({draws}x)" if console.width < 120 else
+                  f"Random direction ({draws} draw{'s' if draws != 1 else ''}, mean ± sd)",
+                  *[v for c in cols for v in (_pm(base[c]["random_auroc"], base[c].get("random_auroc_std")),
+                                              _pm(base[c]["random_ap"], base[c].get("random_ap_std")))], style="dim")
+        t.add_row("Pos. rate" if console.width < 120 else "Positive rate",
+                  *[v for c in cols for v in ("", _fmt(base[c]["positive_rate"], 3))], style="dim")
         console.print(t)
     if report.retrieval:
-        t = Table(title="Semantic retrieval (MRR / MPP, mean ± std); concept sets = held-out max-activating sentences")
-        t.add_column("Method")
-        for c in cols:
-            k = report.retrieval["kept"][c]
-            t.add_column(f"L{c} MRR ({k['kept']}/{k['sampled']})", justify="right")
-            t.add_column(f"L{c} MPP", justify="right")
-        for m in [*report.methods, "baseline"]:
-            cells = [report.retrieval[m][c] for c in cols]
-            t.add_row("Random" if m == "baseline" else NAMES.get(m, m),
-                      *[f"{r[k]:.3f} ± {r[k + '_std']:.2f}" for r in cells for k in ("mrr", "mpp")],
-                      style="dim" if m == "baseline" else None)
-        console.print(t)
+        _render_retrieval(report, cols)
     if report.steering:
-        st = report.steering
-        j = st["judge"]
-        t = Table(title=f"Steering faithfulness f (%) and Δa; judge {j['judge']}"
-                        + (f" (threshold {j['threshold']:.3f}, {j['accuracy_on_paper_examples']:.0%} on the paper's "
-                           "examples)" if "threshold" in j else ""))
-        t.add_column("Method")
-        for c in st["columns"]:
-            t.add_column(f"{'L' + c if c != 'combined' else 'Combined'} f", justify="right")
-            t.add_column("Δa", justify="right")
-        for m, row in st["cells"].items():
-            t.add_row(NAMES.get(m, m), *[v for c in st["columns"] for v in (_fmt(row[c]["faithfulness"]),
-                                                                           _fmt(row[c]["delta_a"]))],
-                      style="dim" if m == "random" else None)
+        _render_steering(report)
+
+
+def _render_retrieval(report: Any, cols: list[str]) -> None:
+    r = report.retrieval
+    chosen = r.get("candidates", "validated")
+    console.print(f"concept sets: {r.get('construction', 'top')}", highlight=False)
+    for cand in (chosen, *[c for c in ("validated", "all") if c != chosen]):
+        what = ("among the validated features (the paper's protocol)" if cand == "validated"
+                else "among all subject features (harder)")
+        t = Table(title=f"Semantic retrieval (MRR / MPP, mean ± std), each query ranked {what}")
+        t.add_column("Method", no_wrap=True)
+        for c in cols:
+            k = r["kept"][c]
+            n = r["baseline"][c][cand]["n_candidates"]
+            t.add_column(f"L{c} MRR (n={n})", justify="right")
+            t.add_column(f"L{c} MPP", justify="right")
+        for m in report.methods:
+            cells = [r[m][c].get(cand, r[m][c]) for c in cols]
+            t.add_row(_name(m), *[f"{x[k]:.3f} ± {x[k + '_std']:.2f}" for x in cells for k in ("mrr", "mpp")])
+        t.add_row("Chance (H_n/n, 1/n)", *[v for c in cols for v in (f"{r['baseline'][c][cand]['mrr']:.4f}",
+                                                                     f"{r['baseline'][c][cand]['mpp']:.4f}")],
+                  style="dim")
         console.print(t)
-        unrated = sum(cell["unrated"] for row in st["cells"].values() for cell in row.values())
-        if unrated:
-            console.print(f"[yellow]{unrated} generations could not be rated by the judge (excluded, not scored 0)[/]")
+    for c in cols:
+        k = r["kept"][c]
+        why = "; ".join(f"{n} {reason}" for reason, n in k.get("dropped_by_reason", {}).items())
+        console.print(f"L{c}: {k['kept']} validated of {k['sampled']} concept sets" + (f" (dropped: {why})" if why else ""))
+
+
+def _render_steering(report: Any) -> None:
+    st = report.steering
+    j = st["judge"]
+    t = Table(title=f"Steering faithfulness f (%) and Δa; judge {j['judge']}"
+                    + (f" (threshold {j['threshold']:.3f}, {j['accuracy_on_paper_examples']:.0%} on the paper's "
+                       "examples)" if "threshold" in j else ""))
+    t.add_column("Method", no_wrap=True)
+    for c in st["columns"]:
+        t.add_column(f"{'L' + c if c != 'combined' else 'Combined'} f", justify="right")
+        t.add_column("Δa", justify="right")
+    for m, row in st["cells"].items():
+        name = _name(m) + ((f" ({st.get('random_draws', 1)}x)" if console.width < 120 else
+                            f" ({st.get('random_draws', 1)} draws, mean ± sd)") if m == "random" else "")
+        t.add_row(name, *[v for c in st["columns"] for v in (_pm(row[c]["faithfulness"], row[c].get("faithfulness_std")),
+                                                             _pm(row[c]["delta_a"], row[c].get("delta_a_std")))],
+                  style="dim" if m == "random" else None)
+    console.print(t)
+    if "prompt_format" in st:
+        console.print(f"prompts: {st['prompt_format']}", highlight=False)
+    unrated = sum(cell["unrated"] for row in st["cells"].values() for cell in row.values())
+    if unrated:
+        console.print(f"[yellow]{unrated} generations could not be rated by the judge (excluded, not scored 0)[/]")

@@ -17,29 +17,40 @@ def extract_cmd(
     dataset: str = typer.Option("default", "--dataset", "-d", help="Dataset id or name."),
     split: str = typer.Option("train", help="train or test."),
     sae: str | None = typer.Option(None, help="SAE (folder, atlas id or RELEASE:ID): store sparse codes."),
-    limit: int | None = typer.Option(None, help="Only the first N sentences."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N sentences."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
-    batch_tokens: int = typer.Option(2048, help="Token budget per batch."),
-    shard_size: int = typer.Option(2048, help="Sentences per shard (unit of resumption)."),
-    max_length: int = typer.Option(128, help="Truncate sentences to this many tokens."),
+    batch_tokens: int = typer.Option(2048, min=1, help="Token budget per batch."),
+    shard_size: int = typer.Option(2048, min=1, help="Sentences per shard (unit of resumption)."),
+    max_length: int = typer.Option(128, min=1, help="Truncate sentences to this many tokens."),
     revision: str | None = typer.Option(None, help="Hub revision."),
     trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the Hub."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
     """Stream a dataset through a model and store max-pooled activations (resumable)."""
+    from atlascli.cli.plan_view import PlanSink
+    from atlascli.cli.plan_view import dry_run as show_dry_run
     from atlascli.extract import ExtractConfig, extract
 
     cfg = ExtractConfig(model=model, layers=parse_ints(layers, "layers"), site=site, dataset=dataset, split=split,
                         sae=sae, limit=limit, device=device, dtype=dtype, batch_tokens=batch_tokens,
                         shard_size=shard_size, max_length=max_length, revision=revision,
                         trust_remote_code=trust_remote_code)
+    from atlascli.plan import plan_extract
+
+    if dry_run:
+        show_dry_run(lambda: plan_extract(cfg), json_out)
+        return
     start = time.perf_counter()
-    with throughput_bar(f"extract {model}", total=limit or 1, quiet=json_out) as update:
+    sink = PlanSink()
+    sink(plan_extract(cfg))  # every input checked before the progress bar opens
+    total = sum(s.sentences for s in sink.plans[0].work) or 1
+    with throughput_bar(f"extract {model}", total=total, quiet=json_out) as update:
         art = extract(cfg, progress=lambda d, t, tok: update(d, t, tok))
     secs = time.perf_counter() - start
     if json_out:
-        emit_artifact(art, seconds=secs)
+        emit_artifact(art, seconds=secs, plan=sink.json)
         return
     table = Table(title=f"activations {art.id}", show_header=False)
     p = art.provenance

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, parse_ints, staged_bars
+from atlascli.cli.common import console, emit_json, err, parse_ints, staged_bars
 
 
 def fit_cmd(
@@ -15,26 +15,43 @@ def fit_cmd(
     atlas: str | None = typer.Option(None, help="Atlas id, activations id, or MODEL@LAYER[:SITE]; default: latest atlas."),
     method: str = typer.Option("procrustes", "--method", "-M", help="procrustes|cov|corr|linreg|semlens|all or a list."),
     dataset: str = typer.Option("default", help="Dataset id or name (train split)."),
-    limit: int | None = typer.Option(None, help="Only the first N training sentences."),
-    ridge: float = typer.Option(0.0, help="Ridge term for linreg."),
-    k: int = typer.Option(20, help="Top-k samples per feature for semlens."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N training sentences."),
+    ridge: float = typer.Option(0.0, min=0.0, help="Ridge term for linreg."),
+    k: int = typer.Option(20, min=1, help="Top-k samples per feature for semlens."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (extraction dtype; the fit is float64)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
     """Fit translations subject -> atlas (runs or reuses the extractions it needs)."""
+    from atlascli.cli.plan_view import PlanSink
+    from atlascli.cli.plan_view import dry_run as show_dry_run
     from atlascli.fit import FitConfig, fit
 
     cfg = FitConfig(subject=subject, layers=parse_ints(layer, "layers"), site=site, atlas=atlas, methods=method,
-                    dataset=dataset, limit=limit, ridge=ridge, k=k, device=device)
+                    dataset=dataset, limit=limit, ridge=ridge, k=k, device=device, dtype=dtype)
+    if dry_run:
+        from atlascli.plan_tasks import plan_fit
+
+        show_dry_run(lambda: plan_fit(cfg), json_out)
+        return
+    sink = PlanSink()
     with staged_bars(json_out) as progress:
-        arts = fit(cfg, progress=progress)
+        arts = fit(cfg, progress=progress, on_plan=sink)
+    for a in arts:  # the alignment health check (atlascli/fit_health.py), on stderr in both modes
+        h = a.meta.get("health", {})
+        if h.get("flagged"):
+            err.print(f"[bold red]warning:[/] {a.id} {h['message']}", highlight=False)
     if json_out:
-        emit_json([{"id": a.id, "provenance": a.provenance, "meta": a.meta} for a in arts])
+        emit_json({"alignments": [{"id": a.id, "provenance": a.provenance, "meta": a.meta} for a in arts],
+                   "plan": sink.json})
         return
     table = Table(title="alignments")
-    for col in ("id", "method", "layer", "shape", "N"):
+    for col in ("id", "method", "layer", "shape", "N", "held-out R² (random)"):
         table.add_column(col)
     for a in arts:
-        p = a.provenance
-        table.add_row(a.id, p["method"], str(p["layer"]), "x".join(map(str, p["shape"])), f"{p['n']:,}")
+        p, h = a.provenance, a.meta.get("health", {})
+        check = f"{h['explained']:.3f} ({h['random']:.3f})" if "explained" in h else h.get("skipped", "-")
+        table.add_row(a.id, p["method"], str(p["layer"]), "x".join(map(str, p["shape"])), f"{p['n']:,}",
+                      f"[bold red]{check}[/]" if h.get("flagged") else check)
     console.print(table)

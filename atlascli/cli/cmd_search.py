@@ -20,7 +20,8 @@ def _lines(path: Path) -> list[str]:
     return lines
 
 
-def build_query(atlas, text, features, examples, contrast, top_features, threshold):  # type: ignore[no-untyped-def]
+def build_query(atlas, text, features, examples, contrast, top_features, threshold,  # type: ignore[no-untyped-def]
+                route="auto", include_incoherent=False):
     """One concept query from whichever of the options was given."""
     from atlascli.concepts import load_concept
     from atlascli.search import query_from_examples, query_from_features, query_from_text
@@ -33,7 +34,23 @@ def build_query(atlas, text, features, examples, contrast, top_features, thresho
     if examples is not None:
         return query_from_examples(_lines(examples), atlas, _lines(contrast) if contrast else None)
     named = load_concept(text, atlas)
-    return named if named is not None else query_from_text(text, atlas, top_features, threshold)
+    if named is not None:
+        return named
+    return query_from_text(text, atlas, top_features, threshold, route=route, include_incoherent=include_incoherent)
+
+
+def render_query(q, at) -> None:  # type: ignore[no-untyped-def]
+    """The resolved query: route, matched atlas features (label, coherence, weight), examples found."""
+    qt = Table(title=f"concept query: {q.source} over {at.id}", title_justify="left")
+    for col, kw in (("atlas feature", {"no_wrap": True}), ("label", {"ratio": 1}), ("coherence", {}),
+                    ("weight", {})):
+        qt.add_column(col, **kw)
+    for m in q.matches[:10]:
+        coh = m.get("coherence")
+        qt.add_row(str(m["index"]), m["label"], "-" if coh is None else f"{coh:.2f}", f"{m['weight']:.3f}")
+    console.print(qt)
+    if q.examples:
+        console.print("[dim]examples found for the query:[/] " + " | ".join(q.examples[:3]), highlight=False)
 
 
 def search_cmd(
@@ -46,12 +63,16 @@ def search_cmd(
     alignment: str | None = typer.Option(None, help="Alignment id (most recent matching one by default)."),
     atlas: str | None = typer.Option(None, help="Atlas (latest by default)."),
     method: str = typer.Option("procrustes", help="Translation method."),
-    top: int = typer.Option(10, help="Subject features to show."),
-    top_features: int = typer.Option(5, help="Atlas features a text query resolves to."),
-    threshold: float = typer.Option(0.35, help="Minimum label similarity for text queries."),
-    examples_per_feature: int = typer.Option(2, "--samples", help="Max-activating test sentences per feature."),
-    test_limit: int = typer.Option(5000, help="Test sentences scanned for max-activating examples."),
-    aligned: int = typer.Option(5, help="Test sentences most aligned with s to show (0 = none)."),
+    top: int = typer.Option(10, min=1, help="Subject features to show."),
+    route: str = typer.Option("auto", help="Text queries: examples (similar labelling sentences' mean code minus "
+                                           "the corpus mean), labels (feature labels), auto (examples if stored)."),
+    top_features: int = typer.Option(5, min=1, help="Atlas features a text query resolves to (labels route)."),
+    threshold: float | None = typer.Option(None, min=-1.0, max=1.0,
+                                           help="Minimum similarity of the text to labels / examples (0.25)."),
+    include_incoherent: bool = typer.Option(False, help="Let text match incoherent (syntax) features too."),
+    examples_per_feature: int = typer.Option(2, "--samples", min=0, help="Max-activating test sentences per feature."),
+    test_limit: int = typer.Option(5000, min=1, help="Test sentences scanned for max-activating examples."),
+    aligned: int = typer.Option(5, min=0, help="Test sentences most aligned with s to show (0 = none)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Find the subject features that encode a concept (eq. 3) and show what activates them."""
@@ -62,22 +83,18 @@ def search_cmd(
 
     reg = Registry()
     at = resolve_atlas(atlas, reg)
-    q = build_query(at, query, features, examples, contrast, top_features, threshold)
+    q = build_query(at, query, features, examples, contrast, top_features, threshold, route, include_incoherent)
     al = resolve_alignment(reg, alignment, subject, layer, method, at)
     res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned)
     if json_out:
-        emit_json({"alignment": res.alignment, "atlas": at.id, "query": {"source": q.source, "matches": q.matches},
+        emit_json({"alignment": res.alignment, "atlas": at.id,
+                   "query": {"source": q.source, "matches": q.matches, "examples": q.examples},
                    "features": [{"index": f.index, "score": f.score,
                                  "examples": [{"activation": v, "text": t} for v, t in f.examples]}
                                 for f in res.features],
                    "aligned_sentences": [{"similarity": v, "text": t} for v, t in res.aligned]})
         return
-    qt = Table(title=f"concept query ({q.source}) over {at.id}")
-    for col in ("atlas feature", "label", "weight"):
-        qt.add_column(col)
-    for m in q.matches[:10]:
-        qt.add_row(str(m["index"]), m["label"], f"{m['weight']:.3f}")
-    console.print(qt)
+    render_query(q, at)
     p = al.provenance
     st = Table(title=f"{p['subject']} layer {p['layer']} ({p['site']}, {p['method']}): top features by s = T̂q/|q|")
     for col in ("feature", "score", "max-activating test sentences"):

@@ -20,40 +20,68 @@ def _register() -> None:
     app.add_typer(cmd_atlas.app, name="atlas")
     app.add_typer(cmd_atlas.concept_app, name="concept")
     app.command("search")(cmd_search.search_cmd)
+    from atlascli.cli import cmd_explain
+
+    app.command("explain")(cmd_explain.explain_cmd)
+    app.command("read")(cmd_explain.read_cmd)
     app.command("steer")(cmd_steer.steer_cmd)
     app.command("evaluate")(cmd_evaluate.evaluate_cmd)
     app.add_typer(cmd_registry.app, name="registry")
     app.command("models")(cmd_registry.models)
+    app.command("doctor")(cmd_registry.doctor)
     app.command("extract")(cmd_extract.extract_cmd)
     app.command("fit")(cmd_fit.fit_cmd)
+    from atlascli.cli import cmd_hub
+
+    app.command("publish")(cmd_hub.publish_cmd)
+    app.command("pull")(cmd_hub.pull_cmd)
+    app.add_typer(cmd_hub.app, name="hub")
 
 
 _register()
 
 
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """``click.exceptions.<name>`` plus typer's own copy (typer >= 0.16 vendors click as ``typer._click``)."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_EXITS = _click_classes("Exit")
+_USAGE_ERRORS = _click_classes("ClickException")
+_ABORTS = _click_classes("Abort")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; ``--debug`` anywhere shows tracebacks."""
-    import click
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ATLAS_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     from atlascli.cli.common import err
 
     try:
-        app(args=args, prog_name="atlas", standalone_mode=False)
+        result = app(args=args, prog_name="atlas", standalone_mode=False)
     except AtlasError as exc:
         if debug:
             raise
         err.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]({exc.hint})[/]" if exc.hint else ""),
                   highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except _EXITS as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _USAGE_ERRORS as exc:
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
+    except _ABORTS:
         err.print("aborted")
         return 130
     except KeyboardInterrupt:
@@ -65,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} [dim](rerun with --debug for the "
                   "traceback)[/]", highlight=False, soft_wrap=True)
         return 1
-    return 0
+    # without standalone mode, `raise typer.Exit(code)` comes back as the return value
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 if __name__ == "__main__":

@@ -125,9 +125,9 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
         subject.update({layer: Activations(art) for layer in missing})
     ap = atlas.artifact.provenance
     a_layer = int(ap["layer"])
-    codes = find_covering(registry, ap["foundation"], fp, "test", a_layer, n, sae=atlas.id)
+    codes = find_covering(registry, ap["foundation"], fp, "test", a_layer, n, sae=atlas.weights_id)
     if codes is None:
         codes = extract(ExtractConfig(model=ap["foundation"], layers=(a_layer,), site=ap["site"], dataset=dataset.id,
-                                      split="test", sae=atlas.id, limit=n, device=device, dtype=dtype), registry,
+                                      split="test", sae=atlas.weights_id, limit=n, device=device, dtype=dtype), registry,
                         progress("atlas test codes") if progress else None)
     return TestData(n, subject, Activations(codes), a_layer, fp)

@@ -1,5 +1,6 @@
 """Steering faithfulness (paper 4.4, eq. 5): concept queries x seed prompts x lambdas, rated by a judge, plus the mean
-change of the concept's atlas activation in the generations (Delta a), against random directions of the same norm."""
+change of the concept's atlas activation in the generations (Delta a), against random directions of the same norm:
+a fresh one per concept, per layer and per draw (``random_key``), never one direction shared by every concept."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import numpy as np
 import torch
 
 from atlascli.atlas import Atlas
+from atlascli.evaluate.randomdirs import random_like
 from atlascli.judges import Judge
 from atlascli.metrics import best_lambda, concept_rate, faithfulness
 from atlascli.registry import Artifact
 from atlascli.search import ConceptQuery, subject_similarity
-from atlascli.steering import GenerationConfig, generate, random_like, steering
+from atlascli.steering import GenerationConfig, generate, steering
 
 SEED_PROMPTS = ["Once upon a time", "I just started", "The candidate", "Section 1", "Documents", "The capital of",
                 "Let me tell you a joke", " ", "French cuisine", "do_sample=False", "Would you like to know",
@@ -121,9 +123,10 @@ class SteeringEval:
         """s_c per layer for one concept."""
         return {layer: subject_similarity(self.concepts[name], al) for layer, al in alignments.items()}
 
-    def cell(self, label: str, alignments: dict[int, Artifact], random_seed: int | None = None,
+    def cell(self, label: str, alignments: dict[int, Artifact], random_key: tuple[object, ...] | None = None,
              generations: dict[str, dict[float, list[str]]] | None = None) -> CellResult:
-        """Score one row/column cell; ``random_seed`` swaps s_c for same-norm random directions."""
+        """Score one row/column cell; ``random_key`` (e.g. (seed, draw)) swaps s_c for same-norm random directions,
+        drawn afresh for every concept and layer."""
         lams = sorted(set(self.lambdas) - {0.0})
         scores: dict[str, ConceptScore] = {}
         total = len(self.concepts) * len(lams)
@@ -131,8 +134,8 @@ class SteeringEval:
         for name in self.concepts:
             base_texts, base_ratings, base_acts = self.unsteered(name)
             vecs = self.vectors(name, alignments)
-            if random_seed is not None:
-                vecs = random_like(vecs, random_seed)
+            if random_key is not None:
+                vecs = random_like(vecs, "steering", *random_key, name)
             base_rate, _, unrated = concept_rate(base_ratings)
             rates = {0.0: base_rate}
             texts_by_lam: dict[float, list[str]] = {0.0: base_texts}

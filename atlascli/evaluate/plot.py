@@ -44,3 +44,36 @@ def plot_report(report: Any, path: Path) -> None:
     fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=120)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_multi(multi: Any, path: Path) -> None:
+    """One figure for several subjects (Table 7): a panel per metric, a colour per method, a line style per subject."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = {"quality": ("auroc", "ap"), "retrieval": ("mrr", "mpp"), "steering": ("faithfulness",)}
+    panels = [(kind, key) for kind in multi.table for key in metrics[kind]]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4 * max(len(panels), 1), 3.6), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (kind, key) in zip(axes[0], panels):
+        for si, (subject, by_layer) in enumerate(multi.table[kind].items()):
+            columns = list(by_layer)
+            for mi, m in enumerate([*multi.methods, "random"]):
+                ys = [by_layer[c].get(m, {}).get(key) for c in columns]
+                ys = [float("nan") if y is None else y for y in ys]
+                ax.plot(columns, ys, marker="o", color="k" if m == "random" else colours[mi % len(colours)],
+                        linestyle=styles[si % len(styles)], label=f"{m} · {subject}" if m != "random" or si == 0 else None)
+        ax.set_title(f"{kind}: {key}")
+        ax.set_xlabel("layer")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"{', '.join(multi.subjects)} -> {multi.atlas}", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

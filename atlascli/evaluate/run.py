@@ -38,12 +38,24 @@ class EvaluateConfig:
     """Held-out test sentences used by quality and retrieval."""
     features: tuple[int, ...] | None = None
     """Atlas features of the quality evaluation (default: ``n_features`` sampled)."""
+    paper_features: bool = False
+    """Use the paper's 100 identification features (A.6.1; Gemma Scope 16k L20 atlas only)."""
     n_features: int = 100
     """Atlas features sampled for quality."""
     retrieval_features: int = 500
     """Subject features sampled for retrieval."""
     set_size: int = 20
     """Sentences per retrieval concept set."""
+    candidates: str = "validated"
+    """What retrieval ranks each query among: ``validated`` features (the paper) or ``all`` subject features."""
+    concept_construction: str = "tail"
+    """Offline concept sets: ``tail`` (sampled among ranks 21-200) or ``top`` (the top ``set_size``)."""
+    concept_sets: str | None = None
+    """JSON/JSONL file of concept sets (subject feature -> sentences); overrides the offline construction."""
+    random_draws: int = 3
+    """Random directions per feature (quality) and per concept (steering)."""
+    chat: bool | None = None
+    """Steering prompts: None = raw continuations (the paper), True = chat template, False = raw."""
     concepts: tuple[str, ...] | None = None
     """Steering concepts: names of saved/built-in concepts or text queries."""
     prompts: tuple[str, ...] | None = None
@@ -108,7 +120,8 @@ def select_alignments(registry: Registry, atlas: Atlas, subject: str | None, lay
     is missing and how to fit it); by default, the layers fitted with the most methods and the methods fitted there."""
     from atlascli.translate.base import METHODS
 
-    found = [a for a in registry.find("alignment", atlas=atlas.id) if subject is None or a.provenance["subject"] == subject]
+    found = [a for a in registry.find("alignment", atlas=atlas.weights_id)
+             if subject is None or a.provenance["subject"] == subject]
     if not found:
         raise InputError(f"no alignment to atlas {atlas.id}" + (f" for {subject}" if subject else ""),
                          "fit some with `atlas fit --layers 3,12,19 --method all`")
@@ -144,20 +157,43 @@ def _finite(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
-def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Progress | None = None) -> Report:
-    """Run the requested evaluations and store the report artifact."""
+def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Progress | None = None,
+             on_plan: Callable[[Any], None] | None = None) -> Report:
+    """Run the requested evaluations and store the report artifact.
+
+    Every input is checked first (:func:`atlascli.plan_tasks.plan_evaluate`); ``on_plan`` gets the plan
+    before any model is loaded."""
+    from atlascli.plan_tasks import plan_evaluate
+
     registry = registry or Registry()
     bad = [k for k in cfg.kinds if k not in KINDS]
     if bad or not cfg.kinds:
         raise InputError(f"unknown evaluation {bad or 'none'}", f"use {', '.join(KINDS)} or all")
+    if cfg.candidates not in ("validated", "all"):
+        raise InputError(f"unknown retrieval candidates {cfg.candidates!r}", "use validated (the paper) or all")
+    if cfg.random_draws < 1:
+        raise InputError(f"--random-draws must be >= 1, got {cfg.random_draws}", "e.g. --random-draws 3")
     atlas = resolve_atlas(cfg.atlas, registry)
+    if cfg.paper_features and "quality" in cfg.kinds:
+        from atlascli.concepts import paper_features
+
+        paper_features(atlas)  # refuse before any extraction
+    plan = plan_evaluate(cfg, registry)
+    if on_plan:
+        on_plan(plan)
     subject, table = select_alignments(registry, atlas, cfg.subject, cfg.layers,
                                        parse_methods(cfg.methods) if cfg.methods else None)
     methods = list(table)
     layers = sorted(next(iter(table.values())))
-    report = Report(asdict(cfg), subject, atlas.id, methods, layers,
+    from atlascli.judges import redact_url
+
+    stored_cfg = {**asdict(cfg), "judge_url": redact_url(cfg.judge_url) if cfg.judge_url else None}
+    report = Report(stored_cfg, subject, atlas.id, methods, layers,
                     {m: {str(la): a.id for la, a in t.items()} for m, t in table.items()})
     all_arts = [a for t in table.values() for a in t.values()]
+    from atlascli.evaluate.retrieval_run import precheck_concept_sets
+
+    precheck_concept_sets(cfg, table)  # a bad --concept-sets file is refused before any extraction
     data: TestData | None = None
     if "quality" in cfg.kinds or "retrieval" in cfg.kinds:
         stage_cb = (lambda stage: (lambda d, t, _tok: progress(stage, d, t))) if progress else None
@@ -167,36 +203,37 @@ def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Pr
         assert data is not None
         from atlascli.evaluate.quality import sample_features, translation_quality
 
-        feats = sample_features(data.atlas_positive_counts(), data.n, cfg.n_features, cfg.seed,
-                                list(cfg.features) if cfg.features else None)
+        given = list(cfg.features) if cfg.features else None
+        if cfg.paper_features:
+            from atlascli.concepts import paper_features
+
+            given = paper_features(atlas)
+        feats = sample_features(data.atlas_positive_counts(), data.n, cfg.n_features, cfg.seed, given)
         for i, layer in enumerate(layers):
-            res, base = translation_quality(data, [table[m][layer] for m in methods], feats, cfg.seed)
+            res, base = translation_quality(data, [table[m][layer] for m in methods], feats, cfg.seed, cfg.random_draws)
             for m in methods:
                 r = res[table[m][layer].id]
                 report.quality.setdefault(m, {})[str(layer)] = {
                     "auroc": _finite(r.auroc), "ap": _finite(r.ap), "auroc_std": _finite(r.auroc_std),
-                    "ap_std": _finite(r.ap_std)}
+                    "ap_std": _finite(r.ap_std), "used": r.used}
             b = base[layer]
             report.quality.setdefault("baseline", {})[str(layer)] = {
-                "positive_rate": b.positive_rate, "random_auroc": _finite(b.random_auroc), "random_ap": _finite(b.random_ap)}
+                "positive_rate": _finite(b.positive_rate), "random_auroc": _finite(b.random_auroc),
+                "random_ap": _finite(b.random_ap), "random_auroc_std": _finite(b.random_auroc_std),
+                "random_ap_std": _finite(b.random_ap_std), "random_draws": b.draws}
+            report.quality["dropped"] = {"count": sum(len(v) for v in b.dropped.values()),
+                                         "features": b.dropped}  # labels are atlas codes: the same at every layer
             if progress:
                 progress("quality", i + 1, len(layers))
         report.quality["features"] = feats
+        report.quality["feature_source"] = ("paper A.6.1 (100 identification features)" if cfg.paper_features
+                                            else "given" if given else f"sampled (seed {cfg.seed})")
+        report.quality["used"] = len(feats) - report.quality["dropped"]["count"]
     if "retrieval" in cfg.kinds:
         assert data is not None
-        from atlascli.evaluate.retrieval import concept_sets, random_retrieval, retrieval
+        from atlascli.evaluate.retrieval_run import run_retrieval
 
-        for i, layer in enumerate(layers):
-            sets = concept_sets(data, layer, cfg.retrieval_features, cfg.set_size, cfg.seed)
-            for m in methods:
-                rr = retrieval(sets, table[m][layer])
-                report.retrieval.setdefault(m, {})[str(layer)] = asdict(rr)
-            ds = int(table[methods[0]][layer].provenance["shape"][0])
-            report.retrieval.setdefault("baseline", {})[str(layer)] = asdict(random_retrieval(len(sets.kept), ds, cfg.seed))
-            report.retrieval.setdefault("kept", {})[str(layer)] = {"kept": len(sets.kept), "sampled": len(sets.candidates),
-                                                                   "set_size": sets.set_size}
-            if progress:
-                progress("retrieval", i + 1, len(layers))
+        report.retrieval = run_retrieval(cfg, data, atlas, subject, table, progress)
     if "steering" in cfg.kinds:
         from atlascli.evaluate.steer_run import run_steering
 

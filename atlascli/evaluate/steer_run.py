@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 from atlascli.atlas import Atlas
 from atlascli.errors import InputError
 from atlascli.evaluate.faithfulness import DEFAULT_STEER_CONCEPTS, SEED_PROMPTS, CellResult, SteeringEval
-from atlascli.judges import ChatJudge, EmbeddingJudge, Judge, calibrate_threshold, judge_accuracy, parse_judge
+from atlascli.judges import (
+    ChatJudge,
+    EmbeddingJudge,
+    Judge,
+    calibrate_threshold,
+    judge_accuracy,
+    parse_judge,
+    redact_url,
+)
 from atlascli.registry import Artifact, Registry
 from atlascli.search import ConceptQuery
 
@@ -36,10 +44,37 @@ def resolve_concepts(names: list[str], atlas: Atlas, registry: Registry) -> dict
 
 
 def default_concepts(atlas: Atlas, registry: Registry) -> list[str]:
-    """The atlas' named concepts (the paper's Table 8 for Gemma Scope 16k L20), else a fixed broad list."""
-    from atlascli.concepts import list_concepts
+    """The paper's Table 8 on its atlas (Gemma Scope 16k L20); else the atlas' saved concepts, else a fixed list."""
+    from atlascli.concepts import is_paper_atlas, list_concepts, paper_data
+
+    if is_paper_atlas(atlas):
+        return list(paper_data()["concepts"])
     named = [c["name"] for c in list_concepts(atlas, registry)]
     return named or list(DEFAULT_STEER_CONCEPTS)
+
+
+def prompt_format(tokenizer: Any, chat: bool | None) -> tuple[bool, str]:
+    """Whether to apply the chat template, and the sentence that says so in the report. Default (None): raw
+    continuations, as the paper did (its A.7 seed prompts are continuations; Table 2's unsteered Llama-IT output
+    continues "Once upon a time")."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat is None:
+        return False, "raw continuations (the paper's default; --chat applies the chat template)"
+    if chat and not has_template:
+        return False, "raw continuations (--chat asked, but the tokenizer has no chat template)"
+    return chat, "chat template (user turn + generation prompt)" if chat else "raw continuations (--raw)"
+
+
+def _random_json(draws: list[CellResult]) -> dict[str, Any]:
+    """Mean and spread over random draws, each draw a fresh direction per concept and layer."""
+    import numpy as np
+
+    f = np.array([c.faithfulness for c in draws if not math.isnan(c.faithfulness)])
+    d = np.array([c.delta_a for c in draws if not math.isnan(c.delta_a)])
+    return {"faithfulness": float(f.mean()) if f.size else None, "faithfulness_std": float(f.std()) if f.size else None,
+            "delta_a": float(d.mean()) if d.size else None, "delta_a_std": float(d.std()) if d.size else None,
+            "unrated": sum(c.unrated for c in draws), "n_draws": len(draws),
+            "draws": [_cell_json(c) for c in draws], "concepts": _cell_json(draws[0])["concepts"]}
 
 
 def build_judge(cfg: EvaluateConfig, concepts: list[str], registry: Registry, dataset_id: str) -> tuple[Judge, dict[str, Any]]:
@@ -57,7 +92,8 @@ def build_judge(cfg: EvaluateConfig, concepts: list[str], registry: Registry, da
                     accuracy_on_paper_examples=judge_accuracy(judge))
     elif isinstance(judge, ChatJudge):
         judge.retries, judge.backoff, judge.timeout = max(1, cfg.judge_retries), cfg.judge_backoff, cfg.judge_timeout
-        info.update(retries=judge.retries, timeout=judge.timeout, url=judge.url, samples=judge.samples,
+        judge.preflight()  # a wrong key, URL or model fails here, before any generation
+        info.update(retries=judge.retries, timeout=judge.timeout, url=redact_url(judge.url), samples=judge.samples,
                     temperature=judge.temperature)
     return judge, info
 
@@ -85,11 +121,14 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
     concepts = resolve_concepts(names, atlas, registry)
     prompts = list(cfg.prompts) if cfg.prompts else list(SEED_PROMPTS)
     judge, judge_info = build_judge(cfg, names, registry, first["dataset"])
+    if cfg.random_draws < 1:
+        raise InputError(f"--random-draws must be >= 1, got {cfg.random_draws}", "e.g. --random-draws 3")
     lm = load_model(subject, cfg.device)
+    chat, fmt = prompt_format(lm.tokenizer, cfg.chat)
     foundation = load_model(atlas.artifact.provenance["foundation"], cfg.device)
-    norms = site_norms(lm, first["site"], layers, prompts) if cfg.relative_lambda else None
+    norms = site_norms(lm, first["site"], layers, prompts, chat) if cfg.relative_lambda else None
     ev = SteeringEval(lm, first["site"], concepts, prompts, [*cfg.lambdas, 0.0],
-                      GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed),
+                      GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed, chat=chat),
                       judge, atlas, foundation, norms, progress)
     columns: dict[str, list[int]] = {str(layer): [layer] for layer in layers}
     if cfg.combined and len(layers) > 1:
@@ -100,9 +139,14 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
         src = table["procrustes" if "procrustes" in table else methods[0]] if method == "random" else table[method]
         for label, cols in columns.items():
             gens: dict[str, dict[float, list[str]]] = {}
-            cell = ev.cell(f"{method} L{label}", {la: src[la] for la in cols},
-                           random_seed=cfg.seed if method == "random" else None, generations=gens)
-            out.setdefault(method, {})[label] = _cell_json(cell)
+            if method == "random":
+                draws = [ev.cell(f"random L{label} draw {d + 1}", {la: src[la] for la in cols}, random_key=(cfg.seed, d),
+                                 generations=gens if d == 0 else None) for d in range(cfg.random_draws)]
+                cell = draws[0]
+                out.setdefault(method, {})[label] = _random_json(draws)
+            else:
+                cell = ev.cell(f"{method} L{label}", {la: src[la] for la in cols}, generations=gens)
+                out.setdefault(method, {})[label] = _cell_json(cell)
             examples.setdefault(method, {})[label] = {
                 name: {str(s.best_lambda): gens[name].get(s.best_lambda, []) if s.best_lambda is not None else []}
                 for name, s in cell.concepts.items()}
@@ -110,6 +154,7 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
     return {"cells": out, "columns": list(columns), "judge": {**judge_info, "failed_attempts": len(failures),
                                                                "failures": failures[:20]},
             "concepts": {n: {"features": q.features, "weights": q.weights, "source": q.source} for n, q in concepts.items()},
-            "prompts": prompts, "lambdas": sorted(set(ev.lambdas)), "relative_lambda": cfg.relative_lambda,
+            "prompts": prompts, "prompt_format": fmt, "chat_template": chat, "random_draws": cfg.random_draws,
+            "lambdas": sorted(set(ev.lambdas)), "relative_lambda": cfg.relative_lambda,
             "site_norms": {str(k): v for k, v in (norms or {}).items()},
             "unsteered": {name: ev.unsteered(name)[0] for name in concepts}, "examples": examples}

@@ -8,12 +8,12 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from atlascli.errors import CorruptArtifactError
+
+if TYPE_CHECKING:  # torch is imported only where tensors are read or written: `atlas --help` stays instant
+    import torch
 
 
 def _tmp_path(path: Path) -> Path:
@@ -46,6 +46,8 @@ def atomic_save_tensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
     """Atomically write a safetensors file."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
@@ -71,6 +73,8 @@ def read_json(path: Path) -> Any:
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file, turning a truncated or corrupt file into a clear error."""
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several types for bad headers

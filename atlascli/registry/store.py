@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import builtins
 import datetime as _dt
+import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from atlascli import __version__
-from atlascli.errors import CorruptArtifactError, InputError, NotFoundError
+from atlascli.errors import AtlasError, CorruptArtifactError, InputError, NotFoundError
 from atlascli.paths import atlas_home
+from atlascli.registry import locks
 from atlascli.registry.files import atomic_write_json, read_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -79,24 +82,109 @@ class Artifact:
                     f"delete it with `atlas registry rm {self.id}` and recreate it",
                 )
 
+    def verify_cached(self, names: list[str] | None = None) -> None:
+        """:meth:`verify`, but each file is hashed only when its size or times changed since it was last
+        hashed (see ``registry.hashcache``): a warm load pays a ``stat`` per file."""
+        from atlascli.registry.hashcache import cached_sha256
+
+        for name in names if names is not None else list(self.manifest["files"]):
+            entry = self.manifest["files"].get(name)
+            path = self.path / name
+            if entry is None or not path.is_file():
+                raise CorruptArtifactError(
+                    f"artifact {self.id}: file {name} is missing",
+                    f"delete it with `atlas registry rm {self.id}` and recreate it",
+                )
+            if path.stat().st_size != entry["bytes"] or cached_sha256(path) != entry["sha256"]:
+                raise CorruptArtifactError(
+                    f"artifact {self.id}: file {name} does not match its checksum (corrupted or truncated)",
+                    f"delete it with `atlas registry rm {self.id}` and recreate it",
+                )
+
+    def files_under(self, prefix: str) -> builtins.list[str]:
+        """Manifest file names starting with ``prefix`` (e.g. ``"sae/"``)."""
+        return sorted(n for n in self.manifest["files"] if n.startswith(prefix))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An artifact folder the registry skips: unreadable, incomplete or of a future schema."""
+
+    kind: str
+    """The kind folder it sits in."""
+    id: str
+    """Its folder name (what `atlas registry rm` takes)."""
+    path: Path
+    """The folder."""
+    message: str
+    """What is wrong."""
+    fix: str
+    """How to fix it."""
+
 
 @dataclass
 class Staging:
-    """A folder where an artifact is being built; survives crashes so work can resume."""
+    """A folder where an artifact is being built; survives crashes so work can resume.
+
+    The process holds the artifact's file lock from :meth:`Registry.stage` until :meth:`commit` or
+    :meth:`discard` (or its death), so a second writer of the same id waits, then finds :attr:`published`.
+    """
 
     registry: Registry
+    """The registry it belongs to."""
     kind: str
+    """Artifact kind."""
     id: str
+    """Artifact id."""
     path: Path
+    """The ``.partial-<id>`` folder."""
     parents: list[str] = field(default_factory=list)
+    """Ids of the artifacts it is made from."""
+    lock: Path | None = None
+    """The lock file held while staging (None once released)."""
 
-    def commit(self, provenance: dict[str, Any], meta: dict[str, Any] | None = None) -> Artifact:
-        """Checksum every file, write the manifest and atomically publish the folder."""
+    @property
+    def published(self) -> Artifact | None:
+        """The committed artifact when another writer finished it (e.g. while this one waited for the lock)."""
+        if self.registry.exists(self.id, self.kind):
+            return self.registry.get(self.id, self.kind)
+        return None
+
+    def release(self) -> None:
+        """Release the lock (keeping the folder, so a later run resumes)."""
+        if self.lock is not None:
+            locks.release(self.lock)
+            self.lock = None
+
+    def commit(self, provenance: dict[str, Any], meta: dict[str, Any] | None = None,
+               required: builtins.list[str] | None = None, check: Callable[[Path], None] | None = None) -> Artifact:
+        """Checksum every file, write the manifest and atomically publish the folder (releasing the lock).
+
+        Leftover temp files (of a killed writer) are deleted first, never published; every name in
+        ``required`` must be present and ``check(folder)`` (e.g. shard coverage) must pass, else nothing
+        is published.
+        """
+        try:
+            if check is not None:
+                check(self.path)
+            return self._commit(provenance, meta, required)
+        finally:
+            self.release()
+
+    def _commit(self, provenance: dict[str, Any], meta: dict[str, Any] | None,
+                required: builtins.list[str] | None) -> Artifact:
         files = {}
         for path in sorted(self.path.rglob("*")):
-            if path.is_file() and path.name != MANIFEST and not path.name.endswith(".tmp"):
+            if path.is_file() and path.name.endswith(".tmp"):
+                path.unlink()
+                continue
+            if path.is_file() and path.name != MANIFEST:
                 rel = path.relative_to(self.path).as_posix()
                 files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        missing = [n for n in required or [] if n not in files]
+        if missing:
+            raise CorruptArtifactError(f"artifact {self.id} is incomplete: {', '.join(missing[:4])} missing",
+                                       "run the same command again to finish it")
         manifest = {
             "kind": self.kind,
             "schema_version": SCHEMA_VERSION,
@@ -110,15 +198,30 @@ class Staging:
         }
         atomic_write_json(self.path / MANIFEST, manifest)
         final = self.registry.kind_dir(self.kind) / self.id
-        if final.exists():  # a concurrent or earlier run finished the same artifact
+        if final.exists():  # an earlier run (or one without the lock) finished the same artifact
             shutil.rmtree(self.path)
         else:
             self.path.rename(final)
+            _fsync_dir(final.parent)
         return self.registry.get(self.id, kind=self.kind)
 
     def discard(self) -> None:
-        """Remove the staging folder and everything in it."""
+        """Remove the staging folder and everything in it, and release the lock."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
@@ -131,7 +234,13 @@ def slug(text: str) -> str:
 
 
 class Registry:
-    """All artifacts under one root (``$ATLAS_HOME/artifacts`` by default)."""
+    """All artifacts under one root (``$ATLAS_HOME/artifacts`` by default).
+
+    Reading is isolated per artifact: a folder that cannot be read (bad JSON, missing keys, a future
+    schema) is skipped by :meth:`list` and default resolution and reported by :meth:`problems`; only
+    commands that name it fail. "Latest" means the most recently committed *here* (the manifest's
+    ctime), never the date a manifest claims.
+    """
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or atlas_home() / "artifacts").expanduser()
@@ -144,13 +253,27 @@ class Registry:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def stage(self, kind: str, artifact_id: str, parents: list[str] | None = None) -> Staging:
-        """Open (or reopen, to resume) the staging folder of an artifact."""
+    def lock_path(self, kind: str, artifact_id: str) -> Path:
+        """The lock file serialising writers (and removers) of one artifact id."""
+        return self.kind_dir(kind) / ".locks" / f"{artifact_id}.lock"
+
+    def stage(self, kind: str, artifact_id: str, parents: builtins.list[str] | None = None) -> Staging:
+        """Open (or reopen, to resume) the staging folder of an artifact, holding its lock.
+
+        Waits while another process stages the same id; check :attr:`Staging.published` afterwards
+        to reuse what that process committed.
+        """
         if not _ID_RE.match(artifact_id):
             raise InputError(f"invalid artifact id {artifact_id!r}", "use letters, digits, '.', '_' and '-'")
-        path = self.kind_dir(kind) / f".partial-{artifact_id}"
-        path.mkdir(parents=True, exist_ok=True)
-        return Staging(self, kind, artifact_id, path, list(parents or []))
+        lock = self.lock_path(kind, artifact_id)
+        locks.acquire(lock)
+        try:
+            path = self.kind_dir(kind) / f".partial-{artifact_id}"
+            path.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            locks.release(lock)
+            raise
+        return Staging(self, kind, artifact_id, path, list(parents or []), lock)
 
     def exists(self, artifact_id: str, kind: str | None = None) -> bool:
         """Whether a committed artifact with exactly this id exists."""
@@ -158,39 +281,73 @@ class Registry:
         return any((self.root / k / artifact_id / MANIFEST).exists() for k in kinds)
 
     def _load(self, path: Path) -> Artifact:
-        manifest = read_json(path / MANIFEST)
+        hint = f"remove it with `atlas registry rm {path.name}` and recreate it"
+        try:
+            manifest = read_json(path / MANIFEST)
+        except CorruptArtifactError as exc:
+            raise CorruptArtifactError(exc.message, hint) from exc
+        if not isinstance(manifest, dict):
+            raise CorruptArtifactError(f"artifact {path.name}: manifest.json is not an object", hint)
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise CorruptArtifactError(
                 f"artifact {path.name} has schema version {manifest.get('schema_version')}, "
                 f"this atlas reads {SCHEMA_VERSION}",
-                "upgrade atlas or recreate the artifact",
+                f"upgrade atlas, or remove it with `atlas registry rm {path.name}`",
             )
+        if manifest.get("id") != path.name or manifest.get("kind") != path.parent.name:
+            raise CorruptArtifactError(f"artifact {path.name}: its manifest names {manifest.get('kind')} "
+                                       f"{manifest.get('id')!r}, not the folder it is in", hint)
+        if not isinstance(manifest.get("files"), dict):
+            raise CorruptArtifactError(f"artifact {path.name}: manifest.json has no file list", hint)
         return Artifact(manifest["id"], manifest["kind"], path, manifest)
 
-    def list(self, kind: str | None = None) -> builtins.list[Artifact]:
-        """Committed artifacts, oldest first."""
+    def _scan(self, kind: str | None) -> tuple[builtins.list[Artifact], builtins.list[Problem]]:
         kinds = [kind] if kind else list(KINDS)
-        found = []
+        found: builtins.list[tuple[int, str, Artifact]] = []
+        problems: builtins.list[Problem] = []
         for k in kinds:
             folder = self.root / k
-            if not folder.exists():
+            if not folder.is_dir():
                 continue
             for path in folder.iterdir():
-                if not path.name.startswith(".") and (path / MANIFEST).exists():
-                    found.append(self._load(path))
-        return sorted(found, key=lambda a: (a.manifest.get("created", ""), a.id))
+                if path.name.startswith(".") or not path.is_dir():
+                    continue
+                try:
+                    if not (path / MANIFEST).is_file():
+                        raise CorruptArtifactError(f"artifact {path.name} has no manifest.json (incomplete copy?)",
+                                                   f"remove it with `atlas registry rm {path.name}`")
+                    art = self._load(path)
+                    found.append(((path / MANIFEST).stat().st_ctime_ns, art.id, art))
+                except (AtlasError, OSError) as exc:
+                    message = exc.message if isinstance(exc, AtlasError) else f"{path.name}: {exc}"
+                    fix = (exc.hint if isinstance(exc, AtlasError) else None) or f"atlas registry rm {path.name}"
+                    problems.append(Problem(k, path.name, path, message, fix))
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [a for _, _, a in found], sorted(problems, key=lambda p: (p.kind, p.id))
+
+    def list(self, kind: str | None = None) -> builtins.list[Artifact]:
+        """Readable committed artifacts, oldest commit first (unreadable ones: see :meth:`problems`)."""
+        return self._scan(kind)[0]
+
+    def problems(self, kind: str | None = None) -> builtins.list[Problem]:
+        """Artifact folders that :meth:`list` skips, each with what is wrong and the fix."""
+        return self._scan(kind)[1]
 
     def get(self, ref: str, kind: str | None = None) -> Artifact:
-        """Look up an artifact by exact id or unique id prefix."""
+        """Look up an artifact by exact id or unique id prefix (an unreadable exact match raises)."""
         kinds = [kind] if kind else list(KINDS)
         for k in kinds:
             if (self.root / k / ref / MANIFEST).exists():
                 return self._load(self.root / k / ref)
-        matches = [a for a in self.list(kind) if a.id.startswith(ref)]
+        arts, problems = self._scan(kind)
+        matches = [a for a in arts if a.id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
         what = kind or "artifact"
         if not matches:
+            broken = [p for p in problems if p.id.startswith(ref)]
+            if len(broken) == 1:
+                raise CorruptArtifactError(broken[0].message, broken[0].fix)
             raise NotFoundError(f"no {what} named {ref!r} in {self.root}", "list them with `atlas registry ls`")
         raise InputError(
             f"{ref!r} matches {len(matches)} artifacts ({', '.join(a.id for a in matches[:4])}...)",
@@ -202,12 +359,55 @@ class Registry:
         return [a for a in self.list(kind) if all(a.provenance.get(k) == v for k, v in provenance.items())]
 
     def latest(self, kind: str, **provenance: Any) -> Artifact | None:
-        """The most recent match of :meth:`find`, or None."""
+        """The most recently committed match of :meth:`find`, or None."""
         found = self.find(kind, **provenance)
         return found[-1] if found else None
 
-    def remove(self, ref: str) -> Artifact:
-        """Delete a committed artifact."""
-        art = self.get(ref)
-        shutil.rmtree(art.path)
-        return art
+    def removal_targets(self, ref: str) -> tuple[builtins.list[Path], bool]:
+        """Folders ``atlas registry rm REF`` would delete, without parsing them, and whether ``ref`` matched
+        exactly (an id, or the path of a folder directly under a kind folder) rather than as a prefix.
+        Refs that point outside the registry are refused."""
+        root = self.root.resolve()
+        if "/" in ref or os.sep in ref or ref in {".", ".."} or ref.startswith("~"):
+            path = Path(ref).expanduser().resolve()
+            if path.parent.parent != root or path.parent.name not in KINDS or path.name.startswith("."):
+                raise InputError(f"refusing to remove {ref}: it is not an artifact folder of the registry {root}",
+                                 "give an artifact id from `atlas registry ls` or `atlas registry verify`")
+            if not path.is_dir():
+                raise NotFoundError(f"no artifact folder {path}", "list them with `atlas registry ls`")
+            return [path], True
+        if not _ID_RE.match(ref):
+            raise InputError(f"invalid artifact id {ref!r}", "use letters, digits, '.', '_' and '-'")
+        exact = [root / k / ref for k in KINDS if (root / k / ref).is_dir()]
+        if exact:
+            return exact, True
+        prefix = sorted((p for k in KINDS if (root / k).is_dir() for p in (root / k).iterdir()
+                         if p.is_dir() and not p.name.startswith(".") and p.name.startswith(ref)),
+                        key=lambda p: (p.parent.name, p.name))
+        if not prefix:
+            raise NotFoundError(f"no artifact named {ref!r} in {self.root}", "list them with `atlas registry ls`")
+        return prefix, False
+
+    def remove_folder(self, path: Path) -> None:
+        """Delete one artifact folder under its lock: renamed away first (atomic), then deleted."""
+        root = self.root.resolve()
+        path = path.resolve()
+        if path.parent.parent != root or path.parent.name not in KINDS or path.name.startswith("."):
+            raise InputError(f"refusing to remove {path}: not an artifact folder of {root}", "give an artifact id")
+        with locks.file_lock(self.lock_path(path.parent.name, path.name)):
+            if not path.exists():
+                return
+            trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+            path.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def remove(self, ref: str, prefix_ok: bool = True) -> builtins.list[Path]:
+        """Delete the artifact folder(s) ``ref`` names (see :meth:`removal_targets`); a prefix must be unique
+        unless the caller confirmed it (``prefix_ok``). Returns the removed folders."""
+        targets, exact = self.removal_targets(ref)
+        if not exact and (not prefix_ok or len(targets) > 1):
+            raise InputError(f"{ref!r} is a prefix of {len(targets)} artifact(s) "
+                             f"({', '.join(p.name for p in targets[:4])})", "give the full id")
+        for path in targets:
+            self.remove_folder(path)
+        return targets

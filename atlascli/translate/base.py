@@ -61,6 +61,13 @@ def similarity_dense(T: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 class StoredTranslation:
     """Memory-mapped stored translation: reads only the atlas rows a query needs."""
 
+    @classmethod
+    def from_artifact(cls, artifact: Any) -> StoredTranslation:
+        """The translation of an ``alignment`` artifact, checked against its manifest first (hash cached by
+        size and times: a warm load only stats the file)."""
+        artifact.verify_cached(["translation.safetensors"])
+        return cls(artifact.file("translation.safetensors"))
+
     def __init__(self, path: Path) -> None:
         self.path = path
         with safe_open(str(path), framework="pt") as f:

@@ -1,0 +1,256 @@
+"""Plans (input checks + cost) of `atlas fit`, `atlas atlas build` and `atlas evaluate`; see :mod:`atlascli.plan`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from atlascli.errors import InputError, NotFoundError
+from atlascli.plan import (
+    EFFICIENCY,
+    Plan,
+    Step,
+    extract_seconds,
+    extract_step,
+    fmt_seconds,
+    machine_gflops,
+    tokens_per_sentence,
+)
+from atlascli.preflight import ModelInfo, check_disk, check_layers, check_limit, check_runtime, probe_model, split_size
+from atlascli.registry import Registry
+
+if TYPE_CHECKING:
+    from atlascli.atlas import Atlas
+    from atlascli.atlas.build import AtlasBuildConfig
+    from atlascli.evaluate.run import EvaluateConfig
+    from atlascli.fit import FitConfig
+
+
+def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
+    """Check every input of ``atlas atlas build`` (foundation, layer, site, SAE shape, dataset, disk); its plan."""
+    from atlascli.corpus import resolve_dataset
+
+    registry = registry or Registry()
+    if cfg.width < 2 or cfg.k < 1 or cfg.k > cfg.width:
+        raise InputError(f"bad SAE shape: width={cfg.width}, k={cfg.k}", "need 1 <= k <= width")
+    for name in ("train_sentences", "max_tokens", "epochs", "batch_size", "label_sentences", "top_samples"):
+        if int(getattr(cfg, name)) < 1:
+            raise InputError(f"{name} must be at least 1, got {getattr(cfg, name)}",
+                             f"e.g. --{name.replace('_', '-')} {getattr(type(cfg), name)}")
+    check_runtime(cfg.device, "float32")
+    info = probe_model(cfg.foundation)
+    check_layers(info, (cfg.layer,), cfg.site)
+    dataset = resolve_dataset(cfg.dataset, registry)
+    n_train = split_size(dataset, "train")
+    fp = dataset.provenance["dataset_fingerprint"]
+    where = f"{info.name} L{cfg.layer} {cfg.site}"
+    from atlascli.atlas import build as build_module
+
+    labels_version = getattr(build_module, "LABELS_VERSION", None)
+    for art in reversed(registry.find("atlas", name=cfg.name, foundation=cfg.foundation, layer=cfg.layer, site=cfg.site,
+                                      width=cfg.width, dataset_fingerprint=fp)):
+        if art.meta.get("config") == asdict(cfg) and art.provenance.get("labels_version") == labels_version:
+            return Plan("atlas build", [Step("reuse", f"reuse {art.id} (same foundation, data and settings)",
+                                             artifact=art.id, model=cfg.foundation, layers=[cfg.layer])],
+                        smaller="--train-sentences / --label-sentences")
+    d_in = info.width(cfg.site)
+    tps = tokens_per_sentence(dataset)
+    n = min(max(cfg.train_sentences, cfg.label_sentences), n_train)  # one pass keeps every token
+    label = min(cfg.label_sentences, n)
+    tokens = min(cfg.max_tokens, int(min(cfg.train_sentences, n) * 0.95 * max(tps - 1, 1)))
+    s1, basis = extract_seconds(registry, info, n, cfg.layer, cfg.device, dataset, None)
+    sae_flops = 3.0 * 4.0 * d_in * cfg.width * tokens * cfg.epochs  # fwd (encode + decode) + bwd
+    s2 = sae_flops / (machine_gflops(cfg.device) * EFFICIENCY * 1e9)
+    s3 = 2.0 * d_in * cfg.width * n * max(tps - 1, 1) / (machine_gflops(cfg.device) * EFFICIENCY * 1e9)
+    s4 = 0.002 * label + 10  # embed the labelling sentences (MiniLM) + WordNet
+    steps = [
+        Step("extract", f"{n:,} train sentences through {where}, keeping every token (~{fmt_seconds(s1)}, {basis})",
+             n, s1, basis, model=cfg.foundation, layers=[cfg.layer]),
+        Step("train", f"train a TopK SAE ({d_in}->{cfg.width}, k={cfg.k}) for {cfg.epochs} epochs over ~{tokens:,} "
+                      f"tokens (~{fmt_seconds(s2)})", 0, s2, "calibrated matmul rate"),
+        Step("encode", f"the {label:,} labelling sentences' codes from the kept tokens, stored for `atlas fit` "
+                       f"(~{fmt_seconds(s3)}, no second pass)", 0, s3, "calibrated matmul rate"),
+        Step("embed", f"embed {label:,} labelling sentences with {cfg.embedder}, label {cfg.width:,} features "
+                      f"(~{fmt_seconds(s4)})", 0, s4, "rough"),
+    ]
+    disk = 8 * d_in * cfg.width + label * 12 * min(cfg.width, 512) + cfg.width * 4000
+    check_disk(registry.root, disk)
+    return Plan("atlas build", steps, disk, smaller="--train-sentences / --max-tokens / --label-sentences")
+
+
+def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan:
+    """Check every input of ``atlas evaluate`` (atlas, alignments and their compatibility, models, layers, test
+    data, judge) and say what it will compute and reuse."""
+    from atlascli.atlas import resolve_atlas
+    from atlascli.evaluate.run import KINDS, select_alignments
+    from atlascli.extract import find_covering
+    from atlascli.judges import parse_judge
+    from atlascli.translate import parse_methods
+
+    registry = registry or Registry()
+    bad = [k for k in cfg.kinds if k not in KINDS]
+    if bad or not cfg.kinds:
+        raise InputError(f"unknown evaluation {bad or 'none'}", f"use {', '.join(KINDS)} or all")
+    check_runtime(cfg.device, "float32")
+    check_limit(cfg.test_limit, "--test-limit")
+    parse_judge(cfg.judge, cfg.judge_url)
+    atlas = resolve_atlas(cfg.atlas, registry)
+    subject, table = select_alignments(registry, atlas, cfg.subject, cfg.layers,
+                                       parse_methods(cfg.methods) if cfg.methods else None)
+    arts = [a for t in table.values() for a in t.values()]
+    layers = sorted(next(iter(table.values())))
+    p0 = arts[0].provenance
+    info = probe_model(subject)
+    check_layers(info, layers, p0["site"])
+    weights = atlas.artifact  # a relabelled atlas shares its SAE (and so its alignments) with the original
+    if atlas.weights_id != atlas.id and registry.exists(atlas.weights_id, "atlas"):
+        weights = registry.get(atlas.weights_id, "atlas")
+    for a in arts:
+        p = a.provenance
+        if int(p["shape"][1]) != atlas.width:
+            raise InputError(f"alignment {a.id} maps to {p['shape'][1]} atlas features but {atlas.id} has {atlas.width}",
+                             f"refit: atlas fit --atlas {atlas.id} --layers {p['layer']} --method {p['method']}")
+        if int(p["shape"][0]) != info.width(p["site"]):
+            raise InputError(f"alignment {a.id} reads {p['shape'][0]} subject features but {subject} has "
+                             f"{info.width(p['site'])} at {p['site']}", "refit it against this subject")
+        if p.get("atlas_kind") == "sae" and p.get("atlas_version") != weights.manifest.get("created"):
+            raise InputError(f"alignment {a.id} was fitted to another version of {atlas.id} "
+                             f"({p.get('atlas_version')}, the atlas is {weights.manifest.get('created')})",
+                             f"refit: atlas fit --atlas {atlas.id} --layers {p['layer']} --method {p['method']}")
+    ap = atlas.artifact.provenance
+    foundation = probe_model(ap["foundation"])
+    check_layers(foundation, (int(ap["layer"]),), ap["site"])
+    dataset = registry.get(p0["dataset"], "dataset")
+    steps: list[Step] = []
+    disk = 0
+    if "quality" in cfg.kinds or "retrieval" in cfg.kinds:
+        n = min(cfg.test_limit, split_size(dataset, "test"))
+        fp = dataset.provenance["dataset_fingerprint"]
+        missing = []
+        for layer in layers:
+            art = find_covering(registry, subject, fp, "test", layer, n, site=p0["site"], revision=p0["revision"])
+            if art is None:
+                missing.append(layer)
+            elif art.id not in {s.artifact for s in steps}:
+                steps.append(Step("reuse", f"reuse {art.id} (subject test activations)", artifact=art.id,
+                                  model=subject, layers=list(art.provenance["layers"])))
+        if missing:
+            secs, basis = extract_seconds(registry, info, n, max(missing), cfg.device, dataset, None)
+            steps.append(Step("extract", f"{n:,} test sentences through {subject} L{','.join(map(str, missing))} "
+                                         f"{p0['site']} (~{fmt_seconds(secs)}, {basis})", n, secs, basis,
+                              model=subject, layers=missing))
+            disk += n * 4 * info.width(p0["site"]) * len(missing)
+        codes = find_covering(registry, ap["foundation"], fp, "test", int(ap["layer"]), n, sae=atlas.id)
+        if codes is not None:
+            steps.append(Step("reuse", f"reuse {codes.id} (atlas test codes)", artifact=codes.id,
+                              model=ap["foundation"], layers=[int(ap["layer"])]))
+        else:
+            secs, basis = extract_seconds(registry, foundation, n, int(ap["layer"]), cfg.device, dataset,
+                                          (foundation.width(ap["site"]), atlas.width))
+            steps.append(Step("extract", f"{n:,} test sentences through {ap['foundation']} L{ap['layer']} + atlas SAE "
+                                         f"(~{fmt_seconds(secs)}, {basis})", n, secs, basis,
+                              model=ap["foundation"], layers=[int(ap["layer"])]))
+            disk += n * 12 * min(atlas.width, 512)
+    if "steering" in cfg.kinds:
+        steps.append(_steering_step(cfg, registry, atlas, info, len(table), len(layers)))
+    check_disk(registry.root, disk)
+    return Plan("evaluate", steps, disk, smaller="--test-limit / --layers / --methods / --lambdas")
+
+
+def _steering_step(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, info: ModelInfo, n_methods: int,
+                   n_layers: int) -> Step:
+    from atlascli.evaluate.faithfulness import SEED_PROMPTS
+    from atlascli.evaluate.steer_run import default_concepts
+
+    n_concepts = len(cfg.concepts) if cfg.concepts else len(default_concepts(atlas, registry))
+    n_prompts = len(cfg.prompts) if cfg.prompts else len(SEED_PROMPTS)
+    n_lams = len(set(cfg.lambdas) - {0.0})
+    columns = n_layers + (1 if cfg.combined and n_layers > 1 else 0)
+    gens = (n_methods + 1) * columns * n_concepts * n_lams * n_prompts + n_concepts * n_prompts
+    tokens = gens * cfg.max_new_tokens
+    per_token = 2.0 * info.params_per_layer * info.n_layers
+    secs = 20.0 + tokens * per_token / (machine_gflops(cfg.device) * EFFICIENCY * 0.25 * 1e9)
+    return Step("generate", f"{gens:,} steered generations x {cfg.max_new_tokens} tokens by {info.name} "
+                            f"({n_methods + 1} methods x {columns} columns x {n_concepts} concepts x {n_lams} lambdas x "
+                            f"{n_prompts} prompts), judged by {cfg.judge} (~{fmt_seconds(secs)}, rough)",
+                0, secs, "rough: calibrated matmul rate, generation efficiency assumed", model=info.name)
+
+
+def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
+    """Check every input of ``atlas fit`` (both models, layers, site, atlas, dataset, disk) and say what it will do."""
+    from atlascli.corpus import resolve_dataset
+    from atlascli.extract import ExtractConfig
+    from atlascli.translate import parse_methods
+
+    registry = registry or Registry()
+    methods = parse_methods(cfg.methods)
+    check_runtime(cfg.device, cfg.dtype)
+    check_limit(cfg.limit)
+    subject = probe_model(cfg.subject)
+    check_layers(subject, cfg.layers, cfg.site)
+    dataset = resolve_dataset(cfg.dataset, registry)
+    n_train = split_size(dataset, "train")
+    n = min(n_train, cfg.limit) if cfg.limit is not None else n_train
+    steps: list[Step] = []
+    disk = 0
+    ref = cfg.atlas
+    if ref is None:
+        latest = registry.latest("atlas")
+        if latest is None:
+            raise NotFoundError("no Concept Atlas in the registry",
+                                "build one with `atlas atlas build`, or pass --atlas gemma3-270m@9 for dense "
+                                "foundation activations")
+        ref = latest.id
+    if "@" in ref:
+        model, _, rest = ref.partition("@")
+        layer_s, _, site = rest.partition(":")
+        try:
+            layer = int(layer_s)
+        except ValueError:
+            raise InputError(f"bad atlas spec {ref!r}", "use MODEL@LAYER[:SITE], e.g. gemma3-270m@9:resid") from None
+        atlas_cfg = ExtractConfig(model=model, layers=(layer,), site=site or "resid", dataset=cfg.dataset,
+                                  split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype)
+        step, disk = extract_step(atlas_cfg, registry)
+        atlas_width = probe_model(model).width(site or "resid")
+    else:
+        named = registry.latest("atlas", name=ref)  # an atlas by its registry name, as fit resolves it
+        art = named if named is not None else registry.get(ref)
+        if art.kind == "activations":
+            p = art.provenance
+            if p["dataset_fingerprint"] != dataset.provenance["dataset_fingerprint"] or p["split"] != "train":
+                raise InputError(f"subject and atlas activations come from different datasets ({art.id} holds "
+                                 f"{p['dataset_fingerprint'][:12]} [{p['split']}], the fit uses "
+                                 f"{dataset.provenance['dataset_fingerprint'][:12]} [train])",
+                                 "extract both over the same dataset and split")
+            if int(p["n"]) != n:
+                raise InputError(f"the atlas activations {art.id} have N={p['n']} sentences but the subject N={n}",
+                                 f"use the same --limit for both (--limit {p['n']})")
+            step = Step("reuse", f"reuse {art.id} (atlas side, {n:,} sentences)", artifact=art.id,
+                        model=p["model"], layers=list(p["layers"]))
+            atlas_width = int(next(iter(art.meta["widths"].values())))
+        elif art.kind == "atlas":
+            p = art.provenance
+            weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE with the original (as fit does)
+            if weights != art.id and registry.exists(weights, "atlas"):
+                art = registry.get(weights, "atlas")
+            atlas_cfg = ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"],
+                                      dataset=cfg.dataset, split="train", sae=art.id, limit=cfg.limit,
+                                      device=cfg.device, dtype=cfg.dtype)
+            step, disk = extract_step(atlas_cfg, registry)
+            atlas_width = int(p["width"])
+        else:
+            raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
+    steps.append(step)
+    subj_cfg = ExtractConfig(model=cfg.subject, layers=cfg.layers, site=cfg.site, dataset=cfg.dataset, split="train",
+                             limit=cfg.limit, device=cfg.device, dtype=cfg.dtype)
+    sstep, sdisk = extract_step(subj_cfg, registry, subject)
+    steps.append(sstep)
+    ds = subject.width(cfg.site)
+    flops = 2.0 * n * ds * atlas_width * len(cfg.layers) * (2 if len(methods) > 1 else 1)
+    fit_s = flops / (machine_gflops(cfg.device) * 0.5 * 1e9) + 0.5 * len(cfg.layers) * len(methods)
+    steps.append(Step("fit", f"fit {','.join(methods)} at layer(s) {','.join(map(str, cfg.layers))} on {n:,} pairs "
+                             f"({ds}x{atlas_width}, ~{fmt_seconds(fit_s)})", seconds=fit_s, basis="calibrated",
+                      model=cfg.subject, layers=list(cfg.layers)))
+    disk += sdisk + 4 * ds * atlas_width * len(cfg.layers) * len(methods)
+    check_disk(registry.root, disk)
+    return Plan("fit", steps, disk)

@@ -1,0 +1,289 @@
+"""`atlas read`: what the subject model "sees" in a text, in atlas concepts.
+
+The subject activations a_s of the text are mapped into the atlas as â_c = T^T x(a_s), where x is
+the transform the fit applied to subject rows: row-L2 normalisation for Procrustes (eq. 2),
+centring for covariance (eq. 6), centring and scaling by the standard deviation for correlation
+(eq. 7), nothing for least squares and Semantic Lens. Whole text: max-pool a_s over the real
+tokens first, as extraction did for fitting; per token: each token's a_s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from atlascli.errors import InputError, NotFoundError
+from atlascli.readout import (
+    ConceptHit,
+    alignment_atlas,
+    context_length,
+    find_alignments,
+    hit,
+    map_to_atlas,
+    run_text,
+)
+from atlascli.registry import Artifact, Registry
+from atlascli.translate import StoredTranslation
+
+METHOD_TRANSFORM = {"procrustes": "row-l2", "cov": "centre", "corr": "standardise", "linreg": "none",
+                    "semlens": "none"}
+"""The transform each fitter applied to subject rows before fitting (see ``atlascli.translate``)."""
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """The fit's transform f of a subject activation row, applied before T^T (then minus ``offset``)."""
+
+    kind: str
+    """row-l2, centre, standardise or none."""
+    mean: torch.Tensor | None = None
+    """[ds] subject mean of the fit's data (centre, standardise)."""
+    std: torch.Tensor | None = None
+    """[ds] unbiased subject standard deviation (standardise); 0 maps to 0, as in the fit."""
+    offset: torch.Tensor | None = None
+    """[ds] subtracted after f: the mean of f over the fit's rows (``--centre``), so that the reading shows
+    what is specific to the text rather than what every text shares (max-pooled neurons have large baselines)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform rows of ``x`` [n, ds] (float64 inside, float32 out)."""
+        x = x.double()
+        if self.kind == "row-l2":
+            x = _row_l2(x)
+        elif self.kind in ("centre", "standardise"):
+            assert self.mean is not None
+            x = x - self.mean.double()
+            if self.kind == "standardise":
+                assert self.std is not None
+                sd = self.std.double()
+                x = torch.where(sd > 0, x / sd.clamp_min(1e-300), torch.zeros_like(x))
+        elif self.kind != "none":
+            raise InputError(f"unknown input transform {self.kind!r}", "use row-l2, centre, standardise or none")
+        if self.offset is not None:
+            x = x - self.offset.double()
+        return x.float()
+
+
+def _row_l2(x: torch.Tensor) -> torch.Tensor:
+    norms = x.norm(dim=1, keepdim=True)
+    return torch.where(norms > 0, x / norms.clamp_min(1e-300), torch.zeros_like(x))
+
+
+@dataclass(frozen=True)
+class SubjectStats:
+    """Column statistics of the subject rows an alignment was fitted on."""
+
+    mean: torch.Tensor
+    """[ds] mean (float64)."""
+    std: torch.Tensor
+    """[ds] unbiased standard deviation."""
+    mean_normalised: torch.Tensor
+    """[ds] mean of the row-L2-normalised rows (Procrustes' average input)."""
+    n: int
+    """Rows."""
+
+
+def subject_stats(art: Artifact, registry: Registry) -> SubjectStats:
+    """Statistics of the subject activations the alignment was fitted on (its parent artifact; float64, streamed)."""
+    from atlascli.extract import Activations
+
+    p = art.provenance
+    layer = int(p["layer"])
+    for pid in art.parents:
+        if not registry.exists(pid, "activations"):
+            continue
+        cand = registry.get(pid, "activations")
+        cp = cand.provenance
+        if cp.get("model") == p.get("subject") and layer in cp.get("layers", []) and not cp.get("sparse"):
+            n, width = 0, int(cand.meta["widths"][str(layer)])
+            s, sq, sn = (torch.zeros(width, dtype=torch.float64) for _ in range(3))
+            for shard in Activations(cand).shards(layer):
+                d = shard.to_dense().double()
+                n += d.shape[0]
+                s, sq, sn = s + d.sum(0), sq + (d * d).sum(0), sn + _row_l2(d).sum(0)
+            if n >= 2:
+                var = (sq - s * s / n) / (n - 1)
+                return SubjectStats(s / n, var.clamp_min(0).sqrt(), sn / n, n)
+    raise NotFoundError(f"the subject activations {art.id} was fitted on are not in the registry; "
+                        f"{p.get('method')} needs their statistics to transform inputs",
+                        "re-run the same `atlas fit`" + (", or drop --centre" if p.get("method") not in ("cov", "corr")
+                                                         else ", or use --method procrustes"))
+
+
+def transform_for(art: Artifact, registry: Registry, centre: bool = False) -> InputTransform:
+    """The input transform of an alignment's method (with the fit's subject statistics when it needs them).
+
+    ``centre`` also subtracts the mean transformed row of the fit's data (a no-op for cov / corr, which
+    centre already).
+    """
+    kind = METHOD_TRANSFORM.get(str(art.provenance.get("method")), "none")
+    if kind in ("row-l2", "none") and not centre:
+        return InputTransform(kind)
+    st = subject_stats(art, registry)
+    offset = None
+    if centre and kind == "row-l2":
+        offset = st.mean_normalised
+    elif centre and kind == "none":
+        offset = st.mean
+    return InputTransform(kind, st.mean, st.std, offset)
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """What to read."""
+
+    text: str
+    """The input text (one sequence)."""
+    layers: tuple[int, ...] | None = None
+    """Subject layers (None: every fitted layer of the subject and method)."""
+    subject: str | None = None
+    """Subject model (None: that of the most recent alignment)."""
+    method: str = "procrustes"
+    """Translation method."""
+    atlas: str | None = None
+    """Atlas id or name to restrict alignments to."""
+    top: int = 10
+    """Concepts listed for the whole text."""
+    per_token: bool = False
+    """Also list concepts per token."""
+    centre: bool = False
+    """Subtract the fit's average transformed (max-pooled) subject row before T^T: what is specific to this
+    text. Per-token rows get the same offset (an approximation: the fit saw pooled rows only)."""
+    token_top: int = 3
+    """Concepts listed per token."""
+    max_tokens: int | None = None
+    """Truncate to this many tokens (default and upper bound: the model's context)."""
+    device: str = "cpu"
+    """Device of the subject model."""
+    coherent_only: bool = False
+    """Leave incoherent (``syntax: ...``) atlas features out of the listing (atlases with labels v2)."""
+
+
+@dataclass(frozen=True)
+class TokenReading:
+    """The concepts of one token."""
+
+    position: int
+    """Token position in the (truncated) input."""
+    token: str
+    """Surface string."""
+    span: tuple[int, int]
+    """Character span in the text."""
+    concepts: list[ConceptHit]
+    """Top concepts of this token, descending."""
+
+
+@dataclass(frozen=True)
+class LayerReading:
+    """The reading of one layer."""
+
+    layer: int
+    """Subject layer."""
+    alignment: str
+    """Alignment id."""
+    atlas: str | None
+    """Atlas id of that alignment (None for unlabelled targets)."""
+    method: str
+    """Translation method."""
+    transform: str
+    """Input transform applied before T^T (``+centre`` when the fit's average row was subtracted)."""
+    concepts: list[ConceptHit]
+    """Top concepts of the whole text (max-pooled activations), descending."""
+    tokens: list[TokenReading] = field(default_factory=list)
+    """Per real token (with ``per_token``)."""
+    highlight: dict[int, list[float]] = field(default_factory=dict)
+    """Per top concept: its score at each real token (with ``per_token``), for highlighting spans."""
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What `atlas read` shows."""
+
+    text: str
+    """The text as given."""
+    subject: str
+    """Subject model."""
+    atlas: str | None
+    """Atlas id of the (last) layer's alignment."""
+    n_tokens: int
+    """Tokens read (after truncation)."""
+    truncated: bool
+    """Whether the text was cut to fit the context."""
+    tokens: list[str]
+    """The real tokens read (no special tokens)."""
+    spans: list[tuple[int, int]]
+    """Their character spans."""
+    layers: list[LayerReading]
+    """One per layer, in the requested order."""
+    warnings: list[str] = field(default_factory=list)
+    """E.g. truncation."""
+
+
+def top_concepts(scores: torch.Tensor, n: int, atlas: Any, coherent_only: bool = False) -> list[ConceptHit]:
+    """The ``n`` largest entries of an atlas score vector, labelled (only coherent features if asked and known)."""
+    if coherent_only and atlas is not None and atlas.labels_version >= 2:
+        scores = torch.where(atlas.coherent, scores, torch.full_like(scores, float("-inf")))
+    v, i = scores.topk(min(n, scores.numel()))
+    return [hit(atlas, int(j), float(x)) for x, j in zip(v, i)]
+
+
+def read_text(cfg: ReadConfig, registry: Registry | None = None, lm: Any | None = None) -> ReadResult:
+    """Map a text's subject activations into atlas concepts at one or more layers."""
+    registry = registry or Registry()
+    if not cfg.text.strip():
+        raise InputError("the text is empty", 'give some text: atlas read "The dog barked at the cat"')
+    if cfg.top < 1 or cfg.token_top < 1:
+        raise InputError("--top and --token-top must be >= 1", "e.g. --top 10")
+    arts = find_alignments(registry, list(cfg.layers) if cfg.layers else None, cfg.subject, cfg.method, cfg.atlas)
+    subject = str(arts[0].provenance["subject"])
+    if lm is None:
+        from atlascli.models import load_model
+
+        lm = load_model(subject, cfg.device)
+    ctx = context_length(lm)
+    warnings: list[str] = []
+    max_len = ctx
+    if cfg.max_tokens is not None:
+        if cfg.max_tokens < 1:
+            raise InputError(f"--max-tokens must be >= 1, got {cfg.max_tokens}", "e.g. --max-tokens 128")
+        if cfg.max_tokens > ctx:
+            warnings.append(f"--max-tokens {cfg.max_tokens} exceeds the model's context of {ctx}; using {ctx}")
+        max_len = min(cfg.max_tokens, ctx)
+    sites: dict[str, list[int]] = {}
+    for a in arts:
+        sites.setdefault(str(a.provenance.get("site", "mlp")), []).append(int(a.provenance["layer"]))
+    run = run_text(lm, cfg.text, sites, max_len)
+    truncated = run.n_tokens_full > len(run.token_ids)
+    if truncated:
+        why = "the model's context" if max_len == ctx else "--max-tokens"
+        warnings.append(f"the text has {run.n_tokens_full} tokens, more than {why} ({max_len}): "
+                        f"only the first {len(run.token_ids)} were read")
+    pos = torch.nonzero(run.real).flatten().tolist()
+    layers = [_read_layer(a, run, pos, cfg, registry) for a in arts]
+    return ReadResult(cfg.text, subject, layers[-1].atlas, len(run.token_ids),
+                      truncated, [run.tokens[i] for i in pos], [run.offsets[i] for i in pos], layers, warnings)
+
+
+def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, registry: Registry) -> LayerReading:
+    layer = int(art.provenance["layer"])
+    atlas = alignment_atlas(art, registry)
+    tr = StoredTranslation.from_artifact(art)
+    transform = transform_for(art, registry, cfg.centre)
+    acts = run.acts[layer][pos]  # [n_real, ds]
+    pooled = acts.max(0, keepdim=True).values
+    x = torch.cat([pooled, acts]) if cfg.per_token else pooled
+    scores = map_to_atlas(tr, transform(x))
+    concepts = top_concepts(scores[0], cfg.top, atlas, cfg.coherent_only)
+    tokens: list[TokenReading] = []
+    highlight: dict[int, list[float]] = {}
+    if cfg.per_token:
+        per = scores[1:]
+        for j, p in enumerate(pos):
+            tokens.append(TokenReading(p, run.tokens[p], run.offsets[p],
+                                       top_concepts(per[j], cfg.token_top, atlas, cfg.coherent_only)))
+        highlight = {c.index: per[:, c.index].tolist() for c in concepts}
+    kind = transform.kind + ("+centre" if transform.offset is not None else "")
+    return LayerReading(layer, art.id, atlas.id if atlas else art.provenance.get("atlas"), str(art.provenance.get("method")),
+                        kind, concepts, tokens, highlight)
+

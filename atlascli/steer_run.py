@@ -1,0 +1,155 @@
+"""`atlas steer` as one library call: resolve the concept and the layers, turn lambda into per-layer
+multipliers in the chosen unit, generate unsteered and steered (and optionally along a random direction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from atlascli.errors import InputError
+from atlascli.registry import Registry
+from atlascli.search import ConceptQuery
+
+DEFAULT_LAMBDA = 35.0
+"""Default strength (the paper's number for London): in the ``norm`` unit, a vector as long as a typical token of
+each steered layer."""
+
+STEER_DEPTH = (0.1, 0.75)
+"""Default steering layers: the fitted layers between these fractions of the model's depth (early and middle
+layers steer content; the last layers mostly change the next-token distribution and break fluency)."""
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """What to steer and how."""
+
+    lambdas: tuple[float, ...] = ()
+    """Strengths to generate with (0 = unsteered, always included); empty = the default for the concept."""
+    unit: str = "norm"
+    """``norm`` (percent of each layer's median token norm, unit direction) or ``absolute`` (paper)."""
+    layers: tuple[int, ...] = ()
+    """Layers to steer; empty = the default steering layers among the fitted ones."""
+    subject: str | None = None
+    """Subject model (default: that of the latest alignment)."""
+    method: str = "procrustes"
+    """Translation method."""
+    random: bool = False
+    """Steer along a random direction of the same norm instead (baseline)."""
+    chat: bool | None = None
+    """Wrap prompts in the chat template; None = when the tokenizer has one (instruct models)."""
+    max_new_tokens: int = 60
+    """Tokens to generate."""
+    sample: bool = False
+    """Sample instead of greedy decoding."""
+    seed: int = 0
+    """Seed of sampling and of the random direction."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}", "e.g. 60")
+        if any(layer < 0 for layer in self.layers):
+            raise InputError(f"layers must be >= 0, got {list(self.layers)}", "e.g. --layers 3,12")
+        if any(not torch.isfinite(torch.tensor(x)) for x in self.lambdas):
+            raise InputError("lambda must be finite", "e.g. --lambda 35")
+
+
+@dataclass(frozen=True)
+class SteerOutcome:
+    """Generations per strength, and how they were made."""
+
+    query: ConceptQuery
+    """The resolved concept."""
+    subject: str
+    """Subject model."""
+    site: str
+    """Steered site."""
+    layers: list[int]
+    """Steered layers."""
+    layers_default: bool
+    """Whether the layers were chosen by default (say so)."""
+    unit: str
+    """Unit of the lambdas."""
+    lambda_source: str
+    """Where the default lambda came from (``default``, ``paper Table 6``) or ``given``."""
+    chat: bool
+    """Whether the chat template was applied."""
+    prompts: list[str]
+    """The prompts."""
+    generations: dict[float, list[str]]
+    """lambda -> one continuation per prompt (0 = unsteered)."""
+    multipliers: dict[float, dict[int, float]] = field(default_factory=dict)
+    """lambda -> the absolute multiplier of s_c applied at each layer."""
+    vector_norms: dict[int, float] = field(default_factory=dict)
+    """|s_c| per layer."""
+    site_norms: dict[int, float] = field(default_factory=dict)
+    """Median token norm per layer on the prompts."""
+    random: bool = False
+    """Whether a random direction was used."""
+
+
+def default_layers(fitted: list[int], n_layers: int) -> list[int]:
+    """The fitted layers inside :data:`STEER_DEPTH` of the model (all fitted layers if none is)."""
+    lo, hi = STEER_DEPTH
+    inside = [layer for layer in fitted if lo * n_layers <= layer <= hi * n_layers]
+    return inside or list(fitted)
+
+
+def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: str) -> tuple[str, list[int]]:
+    """The subject (given or latest) and its layers with a ``method`` alignment to ``atlas``."""
+    found = [a for a in registry.find("alignment", method=method, atlas=atlas.weights_id)
+             if subject is None or a.provenance["subject"] == subject]
+    if not found:
+        what = f"{subject} " if subject else ""
+        raise InputError(f"no {method} alignment of {what}to atlas {atlas.id}",
+                         "fit one with `atlas fit --layers ...`")
+    subject = subject or found[-1].provenance["subject"]
+    return subject, sorted({int(a.provenance["layer"]) for a in found if a.provenance["subject"] == subject})
+
+
+def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: Any,
+              registry: Registry | None = None, lm: Any | None = None, concept_name: str | None = None) -> SteerOutcome:
+    """Generate unsteered and steered continuations of ``prompts`` along ``query``."""
+    from atlascli.models import load_model
+    from atlascli.steering import (
+        GenerationConfig,
+        absolute_lambdas,
+        concept_vectors,
+        random_like,
+        site_norms,
+        steer_sweep,
+    )
+
+    registry = registry or Registry()
+    if not prompts:
+        raise InputError("no prompts", "give --prompt or --prompts FILE")
+    subject, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method)
+    lams, lam_source = list(cfg.lambdas), "given"
+    if not lams:
+        paper = None
+        if concept_name:
+            from atlascli.concepts import builtin_lambda
+
+            paper = builtin_lambda(concept_name, atlas)
+        lams, lam_source = ([paper], "paper Table 6") if paper is not None else ([DEFAULT_LAMBDA], "default")
+    lm = lm or load_model(subject)
+    n_layers = int(lm.n_layers)
+    layers = list(cfg.layers) or default_layers(fitted, n_layers)
+    vectors, arts = concept_vectors(query, registry, atlas, subject, layers, cfg.method)
+    if cfg.random:
+        vectors = random_like(vectors, cfg.seed)
+    site = arts[0].provenance["site"]
+    chat = bool(getattr(lm.tokenizer, "chat_template", None)) if cfg.chat is None else cfg.chat
+    norms = site_norms(lm, site, sorted(vectors), prompts, chat=chat) if cfg.unit == "norm" else {}
+    sweep = sorted({0.0, *lams}, key=lambda x: (x != 0, x))
+    mult = {lam: absolute_lambdas(vectors, lam, cfg.unit, norms) for lam in sweep if lam != 0}
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed, chat=chat)
+    unit_vectors = {layer: v for layer, v in vectors.items()}
+    out: dict[float, list[str]] = {}
+    for lam in sweep:
+        scale = {layer: (mult[lam][layer] / lam if lam else 0.0) for layer in unit_vectors}
+        res = steer_sweep(lm, site, unit_vectors, [lam], prompts, gen, scale)
+        out[lam] = res.generations[lam]
+    return SteerOutcome(query, subject, site, sorted(vectors), not cfg.layers, cfg.unit, lam_source, chat, prompts,
+                        out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, cfg.random)
