@@ -111,16 +111,21 @@ def subject_stats(art: Artifact, registry: Registry) -> SubjectStats:
                                                          else ", or use --method procrustes"))
 
 
-def transform_for(art: Artifact, registry: Registry, centre: bool = False) -> InputTransform:
+def transform_for(art: Artifact, registry: Registry, centre: bool | None = False) -> InputTransform:
     """The input transform of an alignment's method (with the fit's subject statistics when it needs them).
 
     ``centre`` also subtracts the mean transformed row of the fit's data (a no-op for cov / corr, which
-    centre already).
+    centre already); ``None`` centres when those statistics are in the registry and skips it otherwise.
     """
     kind = METHOD_TRANSFORM.get(str(art.provenance.get("method")), "none")
     if kind in ("row-l2", "none") and not centre:
         return InputTransform(kind)
-    st = subject_stats(art, registry)
+    try:
+        st = subject_stats(art, registry)
+    except NotFoundError:
+        if centre is None and kind in ("row-l2", "none"):
+            return InputTransform(kind)  # auto: nothing to centre with (e.g. a pulled bundle without fit data)
+        raise
     offset = None
     if centre and kind == "row-l2":
         offset = st.mean_normalised
@@ -147,7 +152,7 @@ class ReadConfig:
     """Concepts listed for the whole text."""
     per_token: bool = False
     """Also list concepts per token."""
-    centre: bool = False
+    centre: bool | None = False
     """Subtract the fit's average transformed (max-pooled) subject row before T^T: what is specific to this
     text. Per-token rows get the same offset (an approximation: the fit saw pooled rows only)."""
     token_top: int = 3

@@ -42,7 +42,7 @@ def test_own_corpus_script_on_tiny_models(tiny_models, tmp_path):
     env = {**os.environ, "ATLAS_OWN_FOUNDATION": str(tiny_models["gpt2"]), "ATLAS_OWN_ATLAS_LAYER": "1",
            "ATLAS_OWN_SUBJECT": str(tiny_models["llama"]), "ATLAS_OWN_LAYER": "2", "ATLAS_OWN_WIDTH": "64",
            "ATLAS_OWN_K": "4", "ATLAS_OWN_SENTENCES": "150", "ATLAS_OWN_QUERY": "dog",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "COLUMNS": "400"}
     proc = subprocess.run(["bash", str(EXAMPLES / "own_corpus.sh"), str(text), "mine"], capture_output=True, text=True,
                           env={**env, "ATLAS": f"{sys.executable} -m atlascli"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -154,8 +154,9 @@ def read_cmd(
     top: int = typer.Option(10, help="Concepts for the whole text."),
     per_token: bool = typer.Option(False, "--per-token", help="Also show concepts per token, with highlighted spans."),
     token_top: int = typer.Option(3, help="Concepts per token."),
-    centre: bool = typer.Option(True, "--centre/--no-centre",
-                                help="Subtract the fit's average subject row: what is specific to this text."),
+    centre: bool | None = typer.Option(None, "--centre/--no-centre",
+                                       help="Subtract the fit's average subject row: what is specific to this text "
+                                            "(default: when the fit's activations are in the registry)."),
     include_incoherent: bool = typer.Option(False, help="Also list incoherent (syntax) atlas features."),
     max_tokens: int | None = typer.Option(None, help="Truncate to this many tokens (default: the model's context)."),
     device: str = typer.Option("cpu", help="Device of the subject model."),
