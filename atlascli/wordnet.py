@@ -121,7 +121,7 @@ def shared_facts(keys: list[str], majority: float = 0.5) -> SynsetFacts | None:
     covering = [(h.min_depth(), c, h) for h, c in ancestors.items() if c >= max(2, majority * n)]
     hypernym = None
     if covering and n >= 2:
-        _, _, best = max(covering, key=lambda t: (t[0], t[1]))
+        _, _, best = max(covering, key=lambda t: (t[0], t[1], t[2].name()))  # deterministic on ties
         if best.min_depth() >= 6:  # 'entity', 'organism', 'artifact', 'person' say little
             hypernym = best.lemma_names()[0].replace("_", " ")
     lemmas = [w for w, _ in Counter(s.lemma_names()[0].replace("_", " ") for s in synsets).most_common(3)]

@@ -94,7 +94,7 @@ def distinctive_words(top_ids: np.ndarray, doc_words: list[set[str]], df: Counte
         l0 = math.log((df[w] + a) / max(n_docs + alpha - df[w] - a, 0.5))
         var = 1.0 / (c + a) + 1.0 / (df[w] + a)
         scored.append((w, (l1 - l0) / math.sqrt(var)))
-    scored.sort(key=lambda t: -t[1])
+    scored.sort(key=lambda t: (-round(t[1], 9), t[0]))  # ties by word: labels do not depend on hash order
     return [(w, round(z, 3)) for w, z in scored[:k] if z > 1.0]
 
 
