@@ -60,30 +60,37 @@ class FitConfig:
             raise InputError(f"layers must be non-negative, got {list(self.layers)}", "e.g. --layer 12")
 
 
-def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
-                              progress: Callable[[int, int, int], None] | None) -> tuple[Activations, int, dict[str, Any]]:
-    """The atlas-side activations over the same sentences: (reader, layer, atlas provenance)."""
-    ref = cfg.atlas
+def resolve_atlas_ref(ref: str | None, registry: Registry) -> tuple[str, int, str] | Artifact:
+    """What ``fit --atlas`` names: a dense ``MODEL@LAYER[:SITE]`` spec as (model, layer, site), else the atlas or
+    activations artifact (the latest atlas when None; an atlas by registry name, else an id or prefix)."""
     if ref is None:
         latest = registry.latest("atlas")
         if latest is None:
             raise NotFoundError("no Concept Atlas in the registry",
                                 "build one with `atlas atlas build`, or pass --atlas gemma3-270m@9 for dense "
                                 "foundation activations")
-        ref = latest.id
+        return latest
     if "@" in ref:
         model, _, rest = ref.partition("@")
         layer_s, _, site = rest.partition(":")
         try:
-            layer = int(layer_s)
+            return model, int(layer_s), site or "resid"
         except ValueError:
             raise InputError(f"bad atlas spec {ref!r}", "use MODEL@LAYER[:SITE], e.g. gemma3-270m@9:resid") from None
-        acts = extract(ExtractConfig(model=model, layers=(layer,), site=site or "resid", dataset=cfg.dataset,
+    named = registry.latest("atlas", name=ref)  # an atlas by its registry name (`atlas atlas build --name`)
+    return named if named is not None else registry.get(ref)
+
+
+def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
+                              progress: Callable[[int, int, int], None] | None) -> tuple[Activations, int, dict[str, Any]]:
+    """The atlas-side activations over the same sentences: (reader, layer, atlas provenance)."""
+    art = resolve_atlas_ref(cfg.atlas, registry)
+    if isinstance(art, tuple):
+        model, layer, site = art
+        acts = extract(ExtractConfig(model=model, layers=(layer,), site=site, dataset=cfg.dataset,
                                      split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype),
                        registry, progress)
-        return Activations(acts), layer, {"atlas": ref, "atlas_version": acts.id, "atlas_kind": "dense"}
-    named = registry.latest("atlas", name=ref)  # an atlas by its registry name (`atlas atlas build --name`)
-    art = named if named is not None else registry.get(ref)
+        return Activations(acts), layer, {"atlas": cfg.atlas, "atlas_version": acts.id, "atlas_kind": "dense"}
     if art.kind == "activations":
         reader = Activations(art)
         return reader, reader.layers[0], {"atlas": art.id, "atlas_version": art.id, "atlas_kind": "activations"}

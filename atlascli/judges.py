@@ -230,20 +230,12 @@ class ChatJudge:
         check_judge_url(self.url)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            check_judge_url(self.url, sending_key=True)
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return chat_headers(self.url, self.api_key_env)
 
     def _request(self, concept: str, texts: list[str]) -> Any:
-        body = json.dumps({"model": self.model, "temperature": self.temperature,
-                           "messages": [{"role": "system", "content": RATING_PROMPT},
-                                        {"role": "user", "content": user_message(concept, texts)}]}).encode()
-        req = urllib.request.Request(self.url.rstrip("/") + "/chat/completions", data=body, headers=self._headers())
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user-given endpoint
-            return json.loads(resp.read().decode("utf-8"))
+        return post_chat(self.url, self.api_key_env, self.model, self.temperature, self.timeout,
+                         [{"role": "system", "content": RATING_PROMPT},
+                          {"role": "user", "content": user_message(concept, texts)}])
 
     def _post(self, concept: str, texts: list[str]) -> dict[int, int]:
         payload = self._request(concept, texts)
@@ -314,6 +306,25 @@ class ChatJudge:
             votes = [a[i] for a in answers if i in a]
             out.append(int(statistics.median_low(votes)) if votes else None)
         return out
+
+
+def chat_headers(url: str, api_key_env: str) -> dict[str, str]:
+    """Request headers for an OpenAI-compatible endpoint; the key (if set) only over https or to localhost."""
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(api_key_env)
+    if key:
+        check_judge_url(url, sending_key=True)
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def post_chat(url: str, api_key_env: str, model: str, temperature: float, timeout: float,
+              messages: list[dict[str, str]]) -> Any:
+    """One ``/chat/completions`` request; the parsed JSON answer (HTTP and network errors propagate)."""
+    body = json.dumps({"model": model, "temperature": temperature, "messages": messages}).encode()
+    req = urllib.request.Request(url.rstrip("/") + "/chat/completions", data=body, headers=chat_headers(url, api_key_env))
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-given endpoint
+        return json.loads(resp.read().decode("utf-8"))
 
 
 def retry_after(value: str | None) -> float | None:

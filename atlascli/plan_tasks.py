@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from atlascli.errors import InputError, NotFoundError
+from atlascli.errors import InputError
 from atlascli.plan import (
     EFFICIENCY,
     Plan,
@@ -30,13 +30,7 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
     """Check every input of ``atlas atlas build`` (foundation, layer, site, SAE shape, dataset, disk); its plan."""
     from atlascli.corpus import resolve_dataset
 
-    registry = registry or Registry()
-    if cfg.width < 2 or cfg.k < 1 or cfg.k > cfg.width:
-        raise InputError(f"bad SAE shape: width={cfg.width}, k={cfg.k}", "need 1 <= k <= width")
-    for name in ("train_sentences", "max_tokens", "epochs", "batch_size", "label_sentences", "top_samples"):
-        if int(getattr(cfg, name)) < 1:
-            raise InputError(f"{name} must be at least 1, got {getattr(cfg, name)}",
-                             f"e.g. --{name.replace('_', '-')} {getattr(type(cfg), name)}")
+    registry = registry or Registry()  # SAE shape and counts: checked by AtlasBuildConfig itself
     check_runtime(cfg.device, "float32")
     info = probe_model(cfg.foundation)
     check_layers(info, (cfg.layer,), cfg.site)
@@ -180,6 +174,7 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
     """Check every input of ``atlas fit`` (both models, layers, site, atlas, dataset, disk) and say what it will do."""
     from atlascli.corpus import resolve_dataset
     from atlascli.extract import ExtractConfig
+    from atlascli.fit import resolve_atlas_ref
     from atlascli.translate import parse_methods
 
     registry = registry or Registry()
@@ -193,28 +188,15 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
     n = min(n_train, cfg.limit) if cfg.limit is not None else n_train
     steps: list[Step] = []
     disk = 0
-    ref = cfg.atlas
-    if ref is None:
-        latest = registry.latest("atlas")
-        if latest is None:
-            raise NotFoundError("no Concept Atlas in the registry",
-                                "build one with `atlas atlas build`, or pass --atlas gemma3-270m@9 for dense "
-                                "foundation activations")
-        ref = latest.id
-    if "@" in ref:
-        model, _, rest = ref.partition("@")
-        layer_s, _, site = rest.partition(":")
-        try:
-            layer = int(layer_s)
-        except ValueError:
-            raise InputError(f"bad atlas spec {ref!r}", "use MODEL@LAYER[:SITE], e.g. gemma3-270m@9:resid") from None
-        atlas_cfg = ExtractConfig(model=model, layers=(layer,), site=site or "resid", dataset=cfg.dataset,
+    resolved = resolve_atlas_ref(cfg.atlas, registry)
+    if isinstance(resolved, tuple):
+        model, layer, site = resolved
+        atlas_cfg = ExtractConfig(model=model, layers=(layer,), site=site, dataset=cfg.dataset,
                                   split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype)
         step, disk = extract_step(atlas_cfg, registry)
-        atlas_width = probe_model(model).width(site or "resid")
+        atlas_width = probe_model(model).width(site)
     else:
-        named = registry.latest("atlas", name=ref)  # an atlas by its registry name, as fit resolves it
-        art = named if named is not None else registry.get(ref)
+        art = resolved
         if art.kind == "activations":
             p = art.provenance
             if p["dataset_fingerprint"] != dataset.provenance["dataset_fingerprint"] or p["split"] != "train":

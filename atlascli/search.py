@@ -107,7 +107,11 @@ def _text_via_labels(text: str, q: torch.Tensor, atlas: Atlas, top_features: int
                         [_match(atlas, i, float(sims[i])) for i in chosen])
 
 
-def _row_normalised(atlas: Atlas) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+Csr = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Sparse rows as (indptr, indices, values)."""
+
+
+def _row_normalised(atlas: Atlas) -> Csr:
     """The labelling sentences' codes as CSR with every row L2-normalised (the space Procrustes is fitted in)."""
     ex = atlas.examples
     indptr, indices, values = ex["indptr"].long(), ex["indices"].long(), ex["values"].float()
@@ -116,16 +120,17 @@ def _row_normalised(atlas: Atlas) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return indptr, indices, values / norms[rows]
 
 
-def corpus_mean_code(atlas: Atlas) -> torch.Tensor:
-    """Mean row-normalised max-pooled code over the atlas's labelling sentences [width]."""
-    indptr, indices, values = _row_normalised(atlas)
+def corpus_mean_code(atlas: Atlas, csr: Csr | None = None) -> torch.Tensor:
+    """Mean row-normalised max-pooled code over the atlas's labelling sentences [width] (``csr``: the result of
+    :func:`_row_normalised`, when the caller has it already)."""
+    indptr, indices, values = csr or _row_normalised(atlas)
     n = len(indptr) - 1
     return torch.zeros(atlas.width, dtype=torch.float64).index_add_(0, indices, values.double()) / max(n, 1)
 
 
-def example_codes(atlas: Atlas, rows: list[int]) -> torch.Tensor:
+def example_codes(atlas: Atlas, rows: list[int], csr: Csr | None = None) -> torch.Tensor:
     """Row-normalised max-pooled codes [len(rows), width] of labelling sentences."""
-    indptr, indices, values = _row_normalised(atlas)
+    indptr, indices, values = csr or _row_normalised(atlas)
     out = torch.zeros(len(rows), atlas.width)
     for j, r in enumerate(rows):
         a, b = int(indptr[r]), int(indptr[r + 1])
@@ -149,7 +154,8 @@ def _text_via_examples(text: str, q: torch.Tensor, atlas: Atlas, n_examples: int
     if len(keep) < min(5, k):
         raise InputError(f"fewer than 5 labelling sentences are similar to {text!r} (best {float(vals[0]):.2f})",
                          "rephrase the query, lower --threshold, or give --examples / --features")
-    mean_ex, mean_all = example_codes(atlas, keep).double().mean(0), corpus_mean_code(atlas)
+    csr = _row_normalised(atlas)
+    mean_ex, mean_all = example_codes(atlas, keep, csr).double().mean(0), corpus_mean_code(atlas, csr)
     qv = (mean_ex - mean_all).float()
     lift = ((mean_ex + 1e-3) / (mean_all + 1e-3)).clamp_min(1).log().float()  # how specific to the examples
     nz = torch.nonzero(qv).flatten()

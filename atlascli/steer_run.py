@@ -36,7 +36,7 @@ class SteerConfig:
     method: str = "procrustes"
     """Translation method."""
     random: bool = False
-    """Steer along a random direction of the same norm instead (baseline)."""
+    """Also steer along a random direction of the same norm, at the same strengths (baseline)."""
     chat: bool | None = None
     """Wrap prompts in the chat template; None = when the tokenizer has one (instruct models)."""
     max_new_tokens: int = 60
@@ -85,8 +85,8 @@ class SteerOutcome:
     """|s_c| per layer."""
     site_norms: dict[int, float] = field(default_factory=dict)
     """Median token norm per layer on the prompts."""
-    random: bool = False
-    """Whether a random direction was used."""
+    random_generations: dict[float, list[str]] = field(default_factory=dict)
+    """With ``random``: lambda -> continuations steered along a random direction of the same norm."""
 
 
 def default_layers(fitted: list[int], n_layers: int) -> list[int]:
@@ -137,19 +137,17 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     n_layers = int(lm.n_layers)
     layers = list(cfg.layers) or default_layers(fitted, n_layers)
     vectors, arts = concept_vectors(query, registry, atlas, subject, layers, cfg.method)
-    if cfg.random:
-        vectors = random_like(vectors, cfg.seed)
     site = arts[0].provenance["site"]
     chat = bool(getattr(lm.tokenizer, "chat_template", None)) if cfg.chat is None else cfg.chat
     norms = site_norms(lm, site, sorted(vectors), prompts, chat=chat) if cfg.unit == "norm" else {}
+    per_unit = absolute_lambdas(vectors, 1.0, cfg.unit, norms)  # the multiplier of s_c per unit of lambda
     sweep = sorted({0.0, *lams}, key=lambda x: (x != 0, x))
-    mult = {lam: absolute_lambdas(vectors, lam, cfg.unit, norms) for lam in sweep if lam != 0}
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed, chat=chat)
-    unit_vectors = {layer: v for layer, v in vectors.items()}
-    out: dict[float, list[str]] = {}
-    for lam in sweep:
-        scale = {layer: (mult[lam][layer] / lam if lam else 0.0) for layer in unit_vectors}
-        res = steer_sweep(lm, site, unit_vectors, [lam], prompts, gen, scale)
-        out[lam] = res.generations[lam]
+    out = steer_sweep(lm, site, vectors, sweep, prompts, gen, per_unit).generations
+    rnd: dict[float, list[str]] = {}
+    if cfg.random:  # same norms as s_c, so the same multipliers give the same added norm
+        rnd = steer_sweep(lm, site, random_like(vectors, cfg.seed), [x for x in sweep if x], prompts, gen,
+                          per_unit).generations
+    mult = {lam: {layer: lam * m for layer, m in per_unit.items()} for lam in sweep if lam}
     return SteerOutcome(query, subject, site, sorted(vectors), not cfg.layers, cfg.unit, lam_source, chat, prompts,
-                        out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, cfg.random)
+                        out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, rnd)

@@ -87,7 +87,7 @@ class AtlasBuildConfig:
             raise InputError(f"lr must be > 0 and aux coefficient >= 0 (got {self.lr}, {self.aux_coefficient})",
                              "e.g. --lr 1e-3")
         if self.layer < 0:
-            raise InputError(f"layer must be >= 0, got {self.layer}", "e.g. --layer 9")
+            raise InputError(f"layer must be >= 0, got {self.layer}", "e.g. --layer 12")
 
 
 def codes_config(cfg: AtlasBuildConfig, atlas_id: str, n: int) -> ExtractConfig:

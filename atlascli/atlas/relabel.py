@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,21 +82,13 @@ class ChatLabeler:
 
     def describe(self, blocks: dict[int, str]) -> dict[int, str]:
         """Descriptions of the features in ``blocks`` (index -> prompt block); missing ones were not given."""
-        from atlascli.judges import check_judge_url, redact_url
+        from atlascli.judges import post_chat, redact_url
 
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            check_judge_url(self.url, sending_key=True)
-            headers["Authorization"] = f"Bearer {key}"
-        body = json.dumps({"model": self.model, "temperature": 0,
-                           "messages": [{"role": "system", "content": LABEL_PROMPT},
-                                        {"role": "user", "content": "\n\n".join(blocks.values())}]}).encode()
+        messages = [{"role": "system", "content": LABEL_PROMPT}, {"role": "user", "content": "\n\n".join(blocks.values())}]
         for _ in range(self.retries):
-            req = urllib.request.Request(self.url.rstrip("/") + "/chat/completions", data=body, headers=headers)
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user-given endpoint
-                    content = json.loads(resp.read().decode("utf-8"))["choices"][0]["message"]["content"]
+                payload = post_chat(self.url, self.api_key_env, self.model, 0.0, self.timeout, messages)
+                content = payload["choices"][0]["message"]["content"]
                 got = parse_descriptions(content, list(blocks))
                 if got:
                     return got

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -58,8 +57,8 @@ def steer_cmd(
     if (lam is not None or sweep) and not lams:
         raise InputError("no lambda given", "e.g. --lambda 35")
     cfg = SteerConfig(lambdas=tuple(lams), unit=unit, layers=parse_ints(layers, "layers") if layers else (),
-                      subject=subject, method=method, chat=chat, max_new_tokens=max_new_tokens, sample=sample,
-                      seed=seed)
+                      subject=subject, method=method, random=random_dir, chat=chat, max_new_tokens=max_new_tokens,
+                      sample=sample, seed=seed)
     reg = Registry()
     at = resolve_atlas(atlas, reg)
     query = build_query(at, concept if features is None else None, features, None, None, top_features, threshold,
@@ -68,8 +67,6 @@ def steer_cmd(
         render_query(query, at)
     with err.status("steering"):
         res = run_steer(query, plist, cfg, at, reg, concept_name=concept)
-        rnd = run_steer(query, plist, replace(cfg, random=True, lambdas=tuple(k for k in res.generations if k)),
-                        at, reg) if random_dir else None
     if json_out:
         emit_json({"subject": res.subject, "site": res.site, "layers": res.layers, "layers_default": res.layers_default,
                    "method": method, "unit": res.unit, "lambda_source": res.lambda_source, "chat": res.chat,
@@ -77,7 +74,8 @@ def steer_cmd(
                    "multipliers": {str(k): v for k, v in res.multipliers.items()},
                    "vector_norms": res.vector_norms, "site_norms": res.site_norms, "prompts": plist,
                    "generations": {str(k): v for k, v in res.generations.items()},
-                   "random_generations": {str(k): v for k, v in rnd.generations.items() if k} if rnd else None})
+                   "random_generations": {str(k): v for k, v in res.random_generations.items()}
+                   if random_dir else None})
         return
     unit_text = (" norm units (35 = a typical token's norm at each layer)" if res.unit == "norm"
                  else " absolute units (the paper's convention)")
@@ -92,10 +90,8 @@ def steer_cmd(
         for lam_v in res.generations:
             table.add_column("unsteered" if lam_v == 0 else f"λ = {lam_v:g}", overflow="fold", ratio=1)
             cols.append(res.generations[lam_v][i])
-        if rnd is not None:
-            for lam_v, gens in rnd.generations.items():
-                if lam_v:
-                    table.add_column(f"random λ = {lam_v:g}", overflow="fold", ratio=1)
-                    cols.append(gens[i])
+        for lam_v, gens in res.random_generations.items():
+            table.add_column(f"random λ = {lam_v:g}", overflow="fold", ratio=1)
+            cols.append(gens[i])
         table.add_row(*cols)
         console.print(table)

@@ -68,25 +68,16 @@ class Artifact:
 
     def verify(self, names: list[str] | None = None) -> None:
         """Check the sha256 of the named files (all by default); raise on mismatch."""
-        for name in names if names is not None else list(self.manifest["files"]):
-            entry = self.manifest["files"].get(name)
-            path = self.path / name
-            if entry is None or not path.exists():
-                raise CorruptArtifactError(
-                    f"artifact {self.id}: file {name} is missing",
-                    f"delete it with `atlas registry rm {self.id}` and recreate it",
-                )
-            if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-                raise CorruptArtifactError(
-                    f"artifact {self.id}: file {name} does not match its checksum (corrupted or truncated)",
-                    f"delete it with `atlas registry rm {self.id}` and recreate it",
-                )
+        self._check(names, sha256_file)
 
     def verify_cached(self, names: list[str] | None = None) -> None:
         """:meth:`verify`, but each file is hashed only when its size or times changed since it was last
         hashed (see ``registry.hashcache``): a warm load pays a ``stat`` per file."""
         from atlascli.registry.hashcache import cached_sha256
 
+        self._check(names, cached_sha256)
+
+    def _check(self, names: list[str] | None, sha256: Callable[[Path], str]) -> None:
         for name in names if names is not None else list(self.manifest["files"]):
             entry = self.manifest["files"].get(name)
             path = self.path / name
@@ -95,7 +86,7 @@ class Artifact:
                     f"artifact {self.id}: file {name} is missing",
                     f"delete it with `atlas registry rm {self.id}` and recreate it",
                 )
-            if path.stat().st_size != entry["bytes"] or cached_sha256(path) != entry["sha256"]:
+            if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
                 raise CorruptArtifactError(
                     f"artifact {self.id}: file {name} does not match its checksum (corrupted or truncated)",
                     f"delete it with `atlas registry rm {self.id}` and recreate it",
