@@ -70,7 +70,7 @@ class Alignment:
         return subject_similarity(self.query(concept, **kwargs), self.artifact)
 
     def search(self, concept: str | None = None, *, top: int = 10, samples: int = 0, aligned: int = 0,
-               test_limit: int = 5000, **kwargs: Any) -> Any:
+               test_limit: int | None = None, **kwargs: Any) -> Any:
         """Top subject features for a concept (:class:`atlascli.search.SearchResult`); ``samples`` > 0 attaches
         each feature's max-activating test sentences (extracting test activations once when missing)."""
         from atlascli.registry import Registry

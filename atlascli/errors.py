@@ -29,3 +29,7 @@ class CorruptArtifactError(AtlasError):
 
 class InputError(AtlasError):
     """Invalid arguments: out-of-range layer, bad dimensions, empty dataset, NaN values..."""
+
+
+class PeerError(AtlasError):
+    """Another rank of a multi-process run failed (or disagreed) and rank 0 reports why; this rank exits quietly."""

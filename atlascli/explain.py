@@ -45,8 +45,8 @@ class ExplainConfig:
     """Atlas concepts shown per sign."""
     samples: int = 5
     """Max-activating test sentences per feature (0: none, and no histogram)."""
-    test_limit: int = 5000
-    """Test sentences scanned."""
+    test_limit: int | None = None
+    """Test sentences scanned (None: an extraction already in the registry, else 5000)."""
     bins: int = 12
     """Histogram bins."""
     peaks: bool = True
@@ -197,11 +197,12 @@ def explain(cfg: ExplainConfig, registry: Registry | None = None, lm: Any | None
     hists: dict[int, Histogram | None] = {k: None for k in feats}
     if cfg.samples > 0:
         t1 = time.perf_counter()
-        examples, hists, max_length = _test_side(art, feats, cfg, registry)
+        examples, hists, max_length, acts = _test_side(art, feats, cfg, registry)
         seconds["examples"] = time.perf_counter() - t1
         if cfg.peaks:
             t2 = time.perf_counter()
-            examples = _with_peaks(examples, art, layer, site, max_length, cfg.device, lm, warnings)
+            stored = None if lm is not None else _stored_peaks(examples, acts, layer, max_length, str(p["subject"]))
+            examples = stored or _with_peaks(examples, art, layer, site, max_length, cfg.device, lm, warnings)
             seconds["peaks"] = time.perf_counter() - t2
     out = [FeatureExplanation(k, float(tr.row_norms[k]), *described[k], examples[k], hists[k]) for k in feats]
     return ExplainResult(art.id, str(p.get("subject")), layer, site, str(p.get("method")),
@@ -209,7 +210,7 @@ def explain(cfg: ExplainConfig, registry: Registry | None = None, lm: Any | None
 
 
 def _test_side(art: Artifact, feats: list[int], cfg: ExplainConfig,
-               registry: Registry) -> tuple[dict[int, list[Example]], dict[int, Histogram | None], int]:
+               registry: Registry) -> tuple[dict[int, list[Example]], dict[int, Histogram | None], int, Any]:
     from atlascli.search import top_examples
     from atlascli.search_run import test_activations
 
@@ -219,7 +220,48 @@ def _test_side(art: Artifact, feats: list[int], cfg: ExplainConfig,
     cols = feature_columns(acts, layer, feats)  # the same sentences top_examples scanned
     hists: dict[int, Histogram | None] = {k: histogram(cols[:, i], cfg.bins) for i, k in enumerate(feats)}
     examples = {k: [Example(v, t) for v, t in ex[k]] for k in feats}
-    return examples, hists, int(acts.artifact.provenance.get("max_length") or 128)
+    return examples, hists, int(acts.artifact.provenance.get("max_length") or 128), (acts, sentences)
+
+
+def _stored_peaks(examples: dict[int, list[Example]], acts_sentences: Any, layer: int, max_length: int,
+                  subject: str) -> dict[int, list[Example]] | None:
+    """Peak tokens from the token positions kept at extraction and the tokenizer alone (no model, no forward
+    pass); None when the activations predate kept positions or the tokenizer needs the model loaded."""
+    from atlascli.models import tokenizer_file
+
+    acts, sentences = acts_sentences
+    wanted = {e.text for exs in examples.values() for e in exs}
+    rows = {s: i for i, s in enumerate(sentences) if s in wanted}
+    pos: dict[tuple[int, int], int] = {}
+    for shard in acts.shards(layer):
+        if shard.argmax is None:
+            return None
+        local = {int(r): j for j, r in enumerate(shard.index.tolist())}
+        for k, exs in examples.items():
+            for e in exs:
+                j = local.get(rows.get(e.text, -1))
+                if j is not None:
+                    pos[(k, rows[e.text])] = int(shard.argmax[j, k])
+    path = tokenizer_file(subject)
+    if path is None:
+        return None
+    from tokenizers import Tokenizer  # the fast tokenizer's own backend: same ids and offsets, no transformers import
+
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    out: dict[int, list[Example]] = {}
+    for k, exs in examples.items():
+        out[k] = []
+        for e in exs:
+            at = pos.get((k, rows.get(e.text, -1)))
+            enc = tok.encode(e.text)
+            if at is None or at >= len(enc.ids):
+                return None
+            a, b = enc.offsets[at]
+            token = e.text[a:b] if b > a else enc.tokens[at]
+            out[k].append(Example(e.activation, e.text, token, (int(a), int(b)), e.activation))
+    return out
 
 
 def _with_peaks(examples: dict[int, list[Example]], art: Artifact, layer: int, site: str, max_length: int,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from atlascli.corpus import load_split, resolve_dataset
+from atlascli.distributed import world
 from atlascli.errors import CorruptArtifactError, InputError
 from atlascli.hooks import record_sites, run_until
 from atlascli.models import LoadedModel, check_layer, load_model, model_card
@@ -143,8 +144,10 @@ def extract_shard(lm: LoadedModel, sentences: list[str], cfg: ExtractConfig,
                     peak = enc["input_ids"].to(lm.device).gather(1, pos)
                     peaks.setdefault(layer, torch.empty(len(sentences), acts.shape[-1], dtype=torch.int32))
                     peaks[layer][torch.tensor(batch)] = peak.to(torch.int32).cpu()
-                else:
-                    acts = acts.float().masked_fill(~mask[..., None], float("-inf")).amax(1)
+                else:  # max-pool, keeping where each feature peaked (explain marks it with the tokenizer alone)
+                    acts, pos = acts.float().masked_fill(~mask[..., None], float("-inf")).max(1)
+                    peaks.setdefault(layer, torch.empty(len(sentences), acts.shape[-1], dtype=_position_dtype(cfg)))
+                    peaks[layer][torch.tensor(batch)] = pos.to(peaks[layer].dtype).cpu()
                 out = pooled.setdefault(layer, torch.empty(len(sentences), acts.shape[-1]))
                 out[torch.tensor(batch)] = acts.float().cpu()
         n_tokens[torch.tensor(batch)] = enc["attention_mask"].sum(1).to(torch.int32)
@@ -159,7 +162,13 @@ def extract_shard(lm: LoadedModel, sentences: list[str], cfg: ExtractConfig,
             tensors[f"L{layer}.peak_tokens"] = peaks[layer][mat != 0].contiguous()  # aligned with CSR values
         else:
             tensors[f"L{layer}"] = mat.contiguous()
+            tensors[f"L{layer}.argmax"] = peaks[layer].contiguous()  # token position of each pooled maximum
     return tensors
+
+
+def _position_dtype(cfg: ExtractConfig) -> torch.dtype:
+    """Smallest integer type that holds every token position (uint8 up to 256 tokens)."""
+    return torch.uint8 if cfg.max_length <= 256 else torch.int32
 
 
 def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
@@ -198,6 +207,10 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
             sae, sae_prov = load_sae(cfg.sae, str(lm.device))
     ds_fp = dataset.provenance["dataset_fingerprint"]
     art_id = _artifact_id(cfg, lm.revision, ds_fp, sae_prov)
+    if (ranks := world(cfg.device)).size > 1:  # torchrun / accelerate launch: the ranks share the shards
+        from atlascli.extract_dist import extract_ranks
+
+        return extract_ranks(cfg, registry, progress, lm, sae, sae_prov, dataset, sentences, art_id, ranks)
     if registry.exists(art_id, "activations"):
         return registry.get(art_id, "activations")
     reusable = find_reusable(cfg, lm.revision, ds_fp, sae_prov, registry)
@@ -207,7 +220,7 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
     if (published := stage.published) is not None:
         stage.release()
         return published
-    plan = {"config": asdict(cfg), "revision": lm.revision, "dataset": ds_fp, "n": len(sentences)}
+    plan = staging_plan(cfg, lm.revision, ds_fp, len(sentences))
     plan_path = stage.path / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != json.loads(json.dumps(plan)):
         stage.discard()
@@ -246,17 +259,7 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
         computed += hi - lo
         tensors["index"] = torch.arange(lo, hi, dtype=torch.int64)
         atomic_save_tensors(path, tensors)
-    widths = {str(layer): int(lm.width(cfg.site, layer)) for layer in cfg.layers}
-    if sae is not None:
-        widths = {str(cfg.layers[0]): int(sae.cfg.d_sae)}
-    card = model_card(lm)
-    provenance = {
-        "model": cfg.model, "revision": lm.revision, "layers": list(cfg.layers), "site": cfg.site,
-        "dataset": dataset.id, "dataset_fingerprint": ds_fp, "split": cfg.split, "n": len(sentences),
-        "limit": cfg.limit, "dtype": cfg.dtype, "pooling": "max over non-special tokens",
-        "max_length": cfg.max_length, "shard_size": cfg.shard_size, "sae": sae_prov, "sparse": sae is not None,
-    }
-    meta = {"widths": widths, "n_shards": n_shards, "tokens": tokens, "model_card": card}
+    provenance, meta = artifact_record(cfg, lm, sae, sae_prov, dataset, len(sentences), tokens)
     if computed:  # this machine's throughput, read by atlascli.plan for time estimates
         secs = max(time.perf_counter() - started, 1e-6)
         meta["throughput"] = {"sentences": computed, "seconds": round(secs, 3), "sentences_per_s": computed / secs,
@@ -264,6 +267,30 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
                               "dtype": cfg.dtype, "deepest_layer": max(cfg.layers), "sae": sae is not None}
     return stage.commit(provenance, meta, required=[shard_name(k) for k in range(n_shards)],
                         check=lambda folder: check_coverage(folder, n_shards, len(sentences)))
+
+
+def staging_plan(cfg: ExtractConfig, revision: str, ds_fp: str, n: int) -> dict[str, Any]:
+    """What ``plan.json`` of a staging folder records: a rerun resumes only a folder staged with exactly this."""
+    return {"config": asdict(cfg), "revision": revision, "dataset": ds_fp, "n": n}
+
+
+def artifact_record(cfg: ExtractConfig, lm: LoadedModel, sae: Any | None, sae_prov: dict[str, Any] | None,
+                    dataset: Artifact, n: int, tokens: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(provenance, meta) of an activations artifact over ``n`` sentences and ``tokens`` tokens (without the
+    measured throughput, which the caller adds)."""
+    n_shards = (n + cfg.shard_size - 1) // cfg.shard_size
+    widths = {str(layer): int(lm.width(cfg.site, layer)) for layer in cfg.layers}
+    if sae is not None:
+        widths = {str(cfg.layers[0]): int(sae.cfg.d_sae)}
+    card = model_card(lm)
+    provenance = {
+        "model": cfg.model, "revision": lm.revision, "layers": list(cfg.layers), "site": cfg.site,
+        "dataset": dataset.id, "dataset_fingerprint": dataset.provenance["dataset_fingerprint"], "split": cfg.split,
+        "n": n, "limit": cfg.limit, "dtype": cfg.dtype, "pooling": "max over non-special tokens",
+        "max_length": cfg.max_length, "shard_size": cfg.shard_size, "sae": sae_prov, "sparse": sae is not None,
+    }
+    meta = {"widths": widths, "n_shards": n_shards, "tokens": tokens, "model_card": card}
+    return provenance, meta
 
 
 def shard_name(k: int) -> str:
@@ -343,6 +370,9 @@ class Shard:
     """Number of features."""
     peak_tokens: np.ndarray | None = None
     """For SAE codes: the token id where each stored code peaked (aligned with the CSR values)."""
+    argmax: torch.Tensor | None = None
+    """For dense activations: the token position where each feature peaked, [n, width] (None in artifacts
+    extracted before positions were kept)."""
 
     def to_dense(self) -> torch.Tensor:
         """Dense [n, width] float32."""
@@ -395,7 +425,7 @@ class Activations:
                 peak = t.get(f"L{layer}.peak_tokens")
                 yield Shard(t["index"], None, csr, self.widths[layer], None if peak is None else peak.numpy())
             else:
-                yield Shard(t["index"], t[f"L{layer}"], None, self.widths[layer])
+                yield Shard(t["index"], t[f"L{layer}"], None, self.widths[layer], argmax=t.get(f"L{layer}.argmax"))
 
     def dense(self, layer: int) -> torch.Tensor:
         """All rows of one layer as a dense [N, width] float32 tensor, in split order."""

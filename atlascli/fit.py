@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from atlascli.distributed import world
 from atlascli.errors import InputError, NotFoundError
 from atlascli.extract import Activations, ExtractConfig, extract
-from atlascli.fit_health import HoldoutHealth, health_meta
+from atlascli.fit_health import Health, HoldoutHealth, health_meta
 from atlascli.models import DEFAULTS
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import sha256_json
@@ -48,6 +49,10 @@ class FitConfig:
     """Device of the extractions."""
     dtype: str = "float32"
     """Dtype of the extractions."""
+    shard_size: int = 2048
+    """Sentences per shard of the extractions (the unit of resumption and of the work split across ranks)."""
+    batch_tokens: int = 2048
+    """Token budget of an extraction batch (raise it on a GPU; it does not change the results' ids)."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -58,6 +63,16 @@ class FitConfig:
             raise InputError(f"k must be at least 1, got {self.k}", "e.g. --k 20")
         if any(layer < 0 for layer in self.layers):
             raise InputError(f"layers must be non-negative, got {list(self.layers)}", "e.g. --layer 12")
+        for name in ("shard_size", "batch_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                 f"e.g. --{name.replace('_', '-')} 2048")
+
+    def extraction(self, model: str, layers: tuple[int, ...], site: str, sae: str | None = None) -> ExtractConfig:
+        """The extraction this fit runs (or reuses) for one side: its training sentences, device, dtype, shards."""
+        return ExtractConfig(model=model, layers=layers, site=site, dataset=self.dataset, split="train", sae=sae,
+                             limit=self.limit, device=self.device, dtype=self.dtype, shard_size=self.shard_size,
+                             batch_tokens=self.batch_tokens)
 
 
 def resolve_atlas_ref(ref: str | None, registry: Registry) -> tuple[str, int, str] | Artifact:
@@ -87,9 +102,7 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
     art = resolve_atlas_ref(cfg.atlas, registry)
     if isinstance(art, tuple):
         model, layer, site = art
-        acts = extract(ExtractConfig(model=model, layers=(layer,), site=site, dataset=cfg.dataset,
-                                     split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype),
-                       registry, progress)
+        acts = extract(cfg.extraction(model, (layer,), site), registry, progress)
         return Activations(acts), layer, {"atlas": cfg.atlas, "atlas_version": acts.id, "atlas_kind": "dense"}
     if art.kind == "activations":
         reader = Activations(art)
@@ -100,9 +113,7 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
     weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE (and alignments) with the original
     if weights != art.id and registry.exists(weights, "atlas"):
         art = registry.get(weights, "atlas")
-    acts_art = extract(ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"],
-                                     dataset=cfg.dataset, split="train", sae=art.id, limit=cfg.limit,
-                                     device=cfg.device, dtype=cfg.dtype), registry, progress)
+    acts_art = extract(cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id), registry, progress)
     return (Activations(acts_art), int(p["layer"]),
             {"atlas": art.id, "atlas_version": art.manifest["created"], "atlas_kind": "sae"})
 
@@ -125,9 +136,7 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
         return (lambda d, t, _tok: progress(stage, d, t)) if progress else None
 
     atlas_acts, atlas_layer, atlas_prov = resolve_atlas_activations(cfg, registry, stage_progress("atlas extract"))
-    subj_art = extract(ExtractConfig(model=cfg.subject, layers=cfg.layers, site=cfg.site, dataset=cfg.dataset,
-                                     split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype),
-                       registry, stage_progress("subject extract"))
+    subj_art = extract(cfg.extraction(cfg.subject, cfg.layers, cfg.site), registry, stage_progress("subject extract"))
     subj = Activations(subj_art)
     sp, ap = subj.artifact.provenance, atlas_acts.artifact.provenance
     if sp["dataset_fingerprint"] != ap["dataset_fingerprint"] or sp["split"] != ap["split"]:
@@ -138,12 +147,27 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
         raise InputError(f"subject has N={subj.n} sentences but the atlas N={atlas_acts.n}",
                          "use the same --limit for both")
     out: list[Artifact] = []
+    ranks = world(cfg.device)
     for layer in cfg.layers:
-        done_before = _fitted(registry, cfg, layer, methods, sp, atlas_prov, subj.artifact.id)
+
+        def fitted(layer: int = layer) -> list[Artifact] | None:
+            return _fitted(registry, cfg, layer, methods, sp, atlas_prov, subj.artifact.id)
+
+        def commit(fitter: MultiFitter, checked: dict[str, Health] | str, layer: int = layer) -> list[Artifact]:
+            return _commit(registry, cfg, layer, fitter, checked, subj, atlas_acts.artifact, atlas_prov)
+
+        fitter = MultiFitter(methods, ridge=cfg.ridge, k=cfg.k)
+        if ranks.size > 1:  # torchrun / accelerate launch: the ranks share the shards, rank 0 solves and commits
+            from atlascli.fit_dist import fit_layer_ranks
+
+            bar = (lambda d, t, layer=layer: progress(f"fit layer {layer}", d, t)) if progress else None
+            out.extend(fit_layer_ranks(ranks, registry, fitter, subj, atlas_acts, layer, atlas_layer, fitted, commit,
+                                       bar))
+            continue
+        done_before = fitted()
         if done_before is not None:  # a rerun: every method of this layer is already in the registry
             out.extend(done_before)
             continue
-        fitter = MultiFitter(methods, ridge=cfg.ridge, k=cfg.k)
         health = HoldoutHealth(subj.n)  # scores the last ~5% with T fitted on the rest, in this same pass
         done = 0
         for s_shard, c_shard in zip(subj.shards(layer), atlas_acts.shards(atlas_layer), strict=True):
@@ -155,25 +179,33 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
             done += len(s_shard.index)
             if progress:
                 progress(f"fit layer {layer}", done, subj.n)
-        checked = health.report()
-        for method, tr in fitter.results().items():
-            prov = {"method": method, "subject": cfg.subject, "revision": sp["revision"], "layer": layer,
-                    "site": cfg.site, **atlas_prov, "dataset": sp["dataset"],
-                    "dataset_fingerprint": sp["dataset_fingerprint"], "n": subj.n, "shape": list(tr.shape),
-                    "normalisation": tr.info.get("normalisation", "none")}
-            key = sha256_json({**prov, "ridge": cfg.ridge, "k": cfg.k, "subject_acts": subj.artifact.id})
-            art_id = f"align-{slug(cfg.subject)}-L{layer}-{cfg.site}-{method}-{key[:10]}"
-            if registry.exists(art_id, "alignment"):
-                out.append(registry.get(art_id, "alignment"))
-                continue
-            stage = registry.stage("alignment", art_id, parents=[subj.artifact.id, atlas_acts.artifact.id])
-            if (published := stage.published) is not None:  # another process fitted it while we waited
-                stage.release()
-                out.append(published)
-                continue
-            tr.save(stage.path / "translation.safetensors")
-            out.append(stage.commit(prov, {"info": tr.info, "config": {"ridge": cfg.ridge, "k": cfg.k},
-                                           "health": health_meta(checked, method)}))
+        out.extend(commit(fitter, health.report()))
+    return out
+
+
+def _commit(registry: Registry, cfg: FitConfig, layer: int, fitter: MultiFitter, checked: dict[str, Health] | str,
+            subj: Activations, atlas_acts: Artifact, atlas_prov: dict[str, Any]) -> list[Artifact]:
+    """Solve every method of ``fitter`` and store each translation as an alignment (reused when it exists)."""
+    sp = subj.artifact.provenance
+    out: list[Artifact] = []
+    for method, tr in fitter.results().items():
+        prov = {"method": method, "subject": cfg.subject, "revision": sp["revision"], "layer": layer,
+                "site": cfg.site, **atlas_prov, "dataset": sp["dataset"],
+                "dataset_fingerprint": sp["dataset_fingerprint"], "n": subj.n, "shape": list(tr.shape),
+                "normalisation": tr.info.get("normalisation", "none")}
+        key = sha256_json({**prov, "ridge": cfg.ridge, "k": cfg.k, "subject_acts": subj.artifact.id})
+        art_id = f"align-{slug(cfg.subject)}-L{layer}-{cfg.site}-{method}-{key[:10]}"
+        if registry.exists(art_id, "alignment"):
+            out.append(registry.get(art_id, "alignment"))
+            continue
+        stage = registry.stage("alignment", art_id, parents=[subj.artifact.id, atlas_acts.id])
+        if (published := stage.published) is not None:  # another process fitted it while we waited
+            stage.release()
+            out.append(published)
+            continue
+        tr.save(stage.path / "translation.safetensors")
+        out.append(stage.commit(prov, {"info": tr.info, "config": {"ridge": cfg.ridge, "k": cfg.k},
+                                       "health": health_meta(checked, method)}))
     return out
 
 

@@ -113,6 +113,13 @@ class HoldoutHealth:
         fitter.update(subject, atlas)
         self.seen += m
 
+    def resume(self, seen: int, head_sum: torch.Tensor | None) -> None:
+        """Go on from row ``seen`` (at or before the boundary) of a stream whose first rows were fed to the fitter
+        elsewhere, e.g. by the ranks of a distributed fit; ``head_sum`` is the float64 sum of their subject rows."""
+        if seen > self.boundary:
+            raise ValueError(f"cannot resume at row {seen}: past the held-out boundary {self.boundary}")
+        self.seen, self._sum = seen, head_sum
+
     def _start(self, fitter: Any, dc: int) -> None:
         try:
             translations = fitter.results()

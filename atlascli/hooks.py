@@ -1,7 +1,8 @@
 """Hooks as context managers that always remove themselves.
 
-``record_sites`` captures a site's activations per forward pass; with ``stop_after`` the forward
-is cut off right after the last capture (no later layers, no LM head). ``add_to_sites`` edits
+``record_sites`` captures a site's activations per forward pass (on the model's input device when
+accelerate spread it over several); with ``stop_after`` the forward is cut off right after the last
+capture (no later layers, no LM head). ``add_to_sites`` edits
 them (steering).
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from atlascli.models import site_module
+from atlascli.models import gather_device, site_module
 
 
 class StopForward(Exception):
@@ -36,15 +37,16 @@ def record_sites(model: nn.Module, layers: list[int], site: str,
     store: dict[int, torch.Tensor] = {}
     deepest = max(layers)
     handles = []
+    home = gather_device(model)  # a model spread over devices: every capture comes to its input device
 
     def make(layer: int, how: str) -> Callable[..., None]:
         def pre_hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
-            store[layer] = args[0]
+            store[layer] = args[0] if home is None else args[0].to(home)
             if stop_after and layer == deepest:
                 raise StopForward
 
         def out_hook(_mod: nn.Module, _args: Any, output: Any) -> None:
-            store[layer] = _output_tensor(output)
+            store[layer] = _output_tensor(output) if home is None else _output_tensor(output).to(home)
             if stop_after and layer == deepest:
                 raise StopForward
 

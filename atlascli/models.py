@@ -7,6 +7,7 @@ A .gguf model is dequantised by transformers once (20-70 s) and cached as safete
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,24 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error. In a multi-process launch
+    (torchrun, accelerate) a bare ``cuda`` is this rank's GPU, ``LOCAL_RANK``."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu or auto")
     if device not in {"cpu"} and not device.startswith("cuda"):
         raise InputError(f"unknown device {device!r}", "use cpu, cuda or auto")
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("LOCAL_RANK"):
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return torch.device(device)
+
+
+def spreads_over_gpus(device: str) -> bool:
+    """Whether ``--device auto`` loads with accelerate's ``device_map="auto"``: on a CUDA machine, unless several
+    processes share this node (each rank then takes its own GPU)."""
+    return (device == "auto" and torch.cuda.is_available()
+            and int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) == 1)
 
 
 def _load_gguf_cached(name: str, gguf: Path, sha: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -161,15 +172,47 @@ def fast_tokenizer(folder: Path) -> Any:
     return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **kwargs)
 
 
+def tokenizer_file(name: str) -> Path | None:
+    """The ``tokenizer.json`` of a zoo model (its dequantised cache) or local folder, found without loading
+    anything (explain marks peak tokens with it in milliseconds), or None when there is none yet."""
+    try:
+        if name in ZOO:
+            entry = ZOO[name]
+            if entry.gguf_file is None:
+                return None
+            gguf = package_dir(entry.package, entry.pip) / entry.gguf_file
+            if not gguf.exists():  # a chunked package: assembled into the cache on first load
+                gguf = model_cache_dir() / "gguf" / entry.gguf_file
+            if not gguf.exists():
+                return None
+            folder = model_cache_dir() / f"{name.replace('/', '--')}-{cached_sha256(gguf)[:12]}"
+        else:
+            folder = Path(name).expanduser()
+    except (OSError, InputError, NotFoundError):
+        return None
+    path = folder / "tokenizer.json"
+    return path if path.is_file() else None
+
+
 def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision: str | None = None,
-               trust_remote_code: bool = False) -> LoadedModel:
-    """Load a zoo model, a local folder / .gguf file, or a Hugging Face model id."""
+               trust_remote_code: bool = False, device_map: str | dict[str, Any] | None = None) -> LoadedModel:
+    """Load a zoo model, a local folder / .gguf file, or a Hugging Face model id.
+
+    A subject too big for one device loads with accelerate's ``device_map`` (``--device auto`` on a CUDA machine,
+    or an explicit ``device_map``): its blocks are spread over the GPUs (then CPU, then disk); hooks work as usual
+    and :func:`placement` says which layers sit where. ``.gguf`` models (small) always load on one device."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     dev, dt = resolve_device(device), _dtype(dtype)
+    if device_map is None and spreads_over_gpus(device):
+        device_map = "auto"
+    mapped: dict[str, Any] = {}
+    if device_map is not None:
+        mapped = {"device_map": device_map,
+                  "offload_folder": str(model_cache_dir() / "offload" / name.strip("/").replace("/", "--"))}
     if name in ZOO:
         entry = ZOO[name]
         if entry.gguf_file is None:
@@ -187,15 +230,21 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision:
             if not (path / "config.json").exists():
                 raise NotFoundError(f"{path} has no config.json", "point at a transformers model folder or a .gguf file")
             tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=trust_remote_code,
+                                                         **mapped)
             rev = folder_revision(path)
     else:
         from atlascli.registry.hub import snapshot_model
 
         folder, rev = snapshot_model(name, revision)
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, trust_remote_code=trust_remote_code)
-    model.eval().to(dev)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, trust_remote_code=trust_remote_code,
+                                                     **mapped)
+    if getattr(model, "hf_device_map", None):  # dispatched by accelerate: its hooks move weights and activations
+        model.eval()
+        dev = home_device(model) or dev
+    else:
+        model.eval().to(dev)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(name, model, tok, rev, dev, dt)
@@ -259,8 +308,88 @@ def site_width(model: nn.Module, site: str, layer: int = 0) -> int:
 
 
 def model_card(loaded: LoadedModel) -> dict[str, Any]:
-    """Provenance facts about a loaded model."""
+    """Provenance facts about a loaded model (with ``placement`` when its layers sit on several devices)."""
     cfg = loaded.model.config
-    return {"model": loaded.name, "revision": loaded.revision, "architecture": type(loaded.model).__name__,
+    card = {"model": loaded.name, "revision": loaded.revision, "architecture": type(loaded.model).__name__,
             "model_type": getattr(cfg, "model_type", None), "n_layers": loaded.n_layers,
             "hidden_size": getattr(cfg, "hidden_size", None), "dtype": str(loaded.dtype).replace("torch.", "")}
+    where = placement(loaded.model)
+    if len(where) > 1:
+        card["placement"] = describe_placement(where)
+    return card
+
+
+# ----------------------------------------------------------------------------- placement (device_map)
+
+
+def _device_name(value: Any) -> str:
+    """accelerate's device map values (GPU index, "cpu", "disk", torch.device) as one spelling: cuda:0, cpu, disk."""
+    if isinstance(value, int):
+        return f"cuda:{value}"
+    text = str(value)
+    return "cuda:0" if text == "cuda" else text
+
+
+def _mapped_device(device_map: dict[str, Any], module: str) -> str | None:
+    """Where ``device_map`` puts ``module``: its own entry or its nearest mapped ancestor (or its first mapped child
+    when accelerate split it)."""
+    owners = [k for k in device_map if k == "" or module == k or module.startswith(k + ".")]
+    if owners:
+        return _device_name(device_map[max(owners, key=len)])
+    children = [k for k in device_map if k.startswith(module + ".")]
+    return _device_name(device_map[children[0]]) if children else None
+
+
+def placement(model: nn.Module) -> dict[str, list[int]]:
+    """Device -> the transformer blocks it holds, in block order (``disk`` / ``cpu`` for offloaded blocks, which
+    accelerate streams to the GPU when they run). A model on one device gives one entry."""
+    layers = blocks(model)
+    prefix = next((name for name, module in model.named_modules() if module is layers), "")
+    device_map = getattr(model, "hf_device_map", None) or {}
+    out: dict[str, list[int]] = {}
+    for i, block in enumerate(layers):
+        where = _mapped_device(device_map, f"{prefix}.{i}" if prefix else str(i)) if device_map else None
+        if where is None:
+            param = next(block.parameters(), None)
+            where = _device_name(param.device) if param is not None else "cpu"
+        out.setdefault(where, []).append(i)
+    return out
+
+
+def describe_placement(where: dict[str, list[int]]) -> str:
+    """``{"cuda:0": [0, 1, 2], "cuda:1": [3, 4]}`` -> ``"layers 0-2 on cuda:0, 3-4 on cuda:1"``."""
+    parts = []
+    for device, layers in where.items():
+        runs: list[str] = []
+        start = prev = layers[0]
+        for layer in [*layers[1:], None]:
+            if layer is not None and layer == prev + 1:
+                prev = layer
+                continue
+            runs.append(str(start) if start == prev else f"{start}-{prev}")
+            if layer is not None:
+                start = prev = layer
+        parts.append(f"{','.join(runs)} on {device}")
+    return "layers " + ", ".join(parts)
+
+
+def home_device(model: nn.Module) -> torch.device | None:
+    """For a model accelerate dispatched (``hf_device_map``), the device its inputs go to and captured activations
+    are gathered on: the input embeddings' (CPU when those are offloaded); None for a model it did not dispatch."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map:
+        return None
+    get_embeddings: Any = getattr(model, "get_input_embeddings", None)
+    emb = get_embeddings() if callable(get_embeddings) else None
+    name = next((n for n, m in model.named_modules() if m is emb), None) if emb is not None else None
+    where = (_mapped_device(device_map, name) if name is not None else None) or _device_name(next(iter(device_map.values())))
+    return torch.device("cpu" if where in {"disk", "meta"} else where)
+
+
+def gather_device(model: nn.Module) -> torch.device | None:
+    """Where hooks gather activations of a model spread over several devices (:func:`home_device`); None when it
+    sits on one device (activations then stay where they are)."""
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map or len({_device_name(v) for v in device_map.values()}) < 2:
+        return None
+    return home_device(model)

@@ -128,18 +128,21 @@ def machine_gflops(device: str = "cpu") -> float:
     from atlascli.models import resolve_device
 
     dev = resolve_device(device)
-    a, b = torch.randn(256, 1024, device=dev), torch.randn(1024, 1024, device=dev)
-    reps = 6
+    a, b = torch.randn(512, 1024, device=dev), torch.randn(1024, 1024, device=dev)
+    reps = 4
     for _ in range(2):
         a @ b
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * 256 * 1024 * 1024 * reps / max(time.perf_counter() - start, 1e-6) / 1e9
+    best = float("inf")
+    for _ in range(3):  # best of three: a busy neighbour or a cold thread pool only ever slows a trial down
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 512 * 1024 * 1024 * reps / max(best, 1e-6) / 1e9
 
 
 def _throughputs(registry: Registry, device: str, **match: Any) -> list[tuple[Artifact, dict[str, Any]]]:

@@ -173,7 +173,6 @@ def _steering_step(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, info: 
 def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
     """Check every input of ``atlas fit`` (both models, layers, site, atlas, dataset, disk) and say what it will do."""
     from atlascli.corpus import resolve_dataset
-    from atlascli.extract import ExtractConfig
     from atlascli.fit import resolve_atlas_ref
     from atlascli.translate import parse_methods
 
@@ -191,8 +190,7 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
     resolved = resolve_atlas_ref(cfg.atlas, registry)
     if isinstance(resolved, tuple):
         model, layer, site = resolved
-        atlas_cfg = ExtractConfig(model=model, layers=(layer,), site=site, dataset=cfg.dataset,
-                                  split="train", limit=cfg.limit, device=cfg.device, dtype=cfg.dtype)
+        atlas_cfg = cfg.extraction(model, (layer,), site)
         step, disk = extract_step(atlas_cfg, registry)
         atlas_width = probe_model(model).width(site)
     else:
@@ -215,21 +213,25 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
             weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE with the original (as fit does)
             if weights != art.id and registry.exists(weights, "atlas"):
                 art = registry.get(weights, "atlas")
-            atlas_cfg = ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"],
-                                      dataset=cfg.dataset, split="train", sae=art.id, limit=cfg.limit,
-                                      device=cfg.device, dtype=cfg.dtype)
+            atlas_cfg = cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id)
             step, disk = extract_step(atlas_cfg, registry)
             atlas_width = int(p["width"])
         else:
             raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
     steps.append(step)
-    subj_cfg = ExtractConfig(model=cfg.subject, layers=cfg.layers, site=cfg.site, dataset=cfg.dataset, split="train",
-                             limit=cfg.limit, device=cfg.device, dtype=cfg.dtype)
+    subj_cfg = cfg.extraction(cfg.subject, cfg.layers, cfg.site)
     sstep, sdisk = extract_step(subj_cfg, registry, subject)
     steps.append(sstep)
     ds = subject.width(cfg.site)
     flops = 2.0 * n * ds * atlas_width * len(cfg.layers) * (2 if len(methods) > 1 else 1)
-    fit_s = flops / (machine_gflops(cfg.device) * 0.5 * 1e9) + 0.5 * len(cfg.layers) * len(methods)
+    # decompositions, run twice per layer (the held-out health check refits on ~95%): SVD for Procrustes,
+    # Cholesky + solve for least squares; LAPACK reaches about a quarter of the matmul rate here
+    lo, hi = sorted((ds, atlas_width))
+    dec = (4.0 * lo * lo * hi + 8.0 * lo ** 3) * ("procrustes" in methods) \
+        + (atlas_width ** 3 / 3 + 2.0 * atlas_width ** 2 * ds) * ("linreg" in methods)
+    fit_s = (flops / (machine_gflops(cfg.device) * 0.5 * 1e9)
+             + 2 * dec * len(cfg.layers) / (machine_gflops(cfg.device) * 0.25 * 1e9)
+             + 0.5 * len(cfg.layers) * len(methods))
     steps.append(Step("fit", f"fit {','.join(methods)} at layer(s) {','.join(map(str, cfg.layers))} on {n:,} pairs "
                              f"({ds}x{atlas_width}, ~{fmt_seconds(fit_s)})", seconds=fit_s, basis="calibrated",
                       model=cfg.subject, layers=list(cfg.layers)))

@@ -7,11 +7,25 @@ from atlascli.extract import Activations, ExtractConfig, extract, find_covering
 from atlascli.registry import Artifact, Registry
 from atlascli.search import ConceptQuery, SearchResult, search
 
+DEFAULT_TEST_LIMIT = 5000
+"""Test sentences extracted for examples when none are in the registry yet."""
+MIN_REUSED_TEST = 1000
+"""With no limit given, an existing test extraction of at least this many sentences is used as it is."""
 
-def test_activations(alignment: Artifact, limit: int, registry: Registry) -> tuple[Activations, list[str]]:
-    """Subject activations on the test split at the alignment's layer (reused; extracted when missing)."""
+
+def test_activations(alignment: Artifact, limit: int | None, registry: Registry) -> tuple[Activations, list[str]]:
+    """Subject activations on the test split at the alignment's layer (reused; extracted when missing). With
+    ``limit`` None: the newest extraction of at least :data:`MIN_REUSED_TEST` sentences already there (e.g. the
+    evaluation's), else :data:`DEFAULT_TEST_LIMIT` sentences."""
     p = alignment.provenance
     dataset = registry.get(p["dataset"], "dataset")
+    if limit is None:
+        some = find_covering(registry, p["subject"], p["dataset_fingerprint"], "test", int(p["layer"]),
+                             min(MIN_REUSED_TEST, int(dataset.provenance["n_test"])), site=p["site"],
+                             revision=p["revision"])
+        if some is not None:
+            return Activations(some), load_split(dataset, "test")
+        limit = DEFAULT_TEST_LIMIT
     n = min(limit, dataset.provenance["n_test"])
     art = find_covering(registry, p["subject"], p["dataset_fingerprint"], "test", int(p["layer"]), n, site=p["site"],
                         revision=p["revision"])
@@ -21,7 +35,7 @@ def test_activations(alignment: Artifact, limit: int, registry: Registry) -> tup
     return Activations(art), load_split(dataset, "test")
 
 
-def run_search(query: ConceptQuery, alignment: Artifact, top: int, samples: int, test_limit: int,
+def run_search(query: ConceptQuery, alignment: Artifact, top: int, samples: int, test_limit: int | None,
                registry: Registry, n_aligned: int = 5) -> SearchResult:
     """:func:`atlascli.search.search` with test sentences attached (per feature, and along s)."""
     need = samples > 0 or n_aligned > 0

@@ -16,9 +16,15 @@ DEFAULT_LAMBDA = 35.0
 """Default strength (the paper's number for London): in the ``norm`` unit, a vector as long as a typical token of
 each steered layer."""
 
-STEER_DEPTH = (0.1, 0.75)
-"""Default steering layers: the fitted layers between these fractions of the model's depth (early and middle
-layers steer content; the last layers mostly change the next-token distribution and break fluency)."""
+DEFAULT_PROMPTS = {"chat": "Tell me a short story.", "raw": "Sure, I always have a joke ready! Here is one:"}
+"""The prompt when none is given: an open request for a chat model (the paper's joke prompt, sent as a user turn,
+makes SmolLM2-Instruct list letters even unsteered), the paper's joke prompt (A.7) as a raw continuation otherwise."""
+
+STEER_DEPTH = (0.1, 0.85)
+"""Default steering layers: the fitted layers between these fractions of the model's depth (the last layers mostly
+change the next-token distribution and break fluency). Measured with bench/steer_sweep.py on SmolLM2 (lambda 35):
+layers 3, 12, 19, 25 beat 3, 12, 19 on 30 tuning concepts (atlas wins 77% vs 60%) and on 20 held-out ones (65% vs
+60%), at a small fluency cost (NLL of the text under the unsteered model 1.50 vs 1.38 nats/token)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class SteerConfig:
     """Sample instead of greedy decoding."""
     seed: int = 0
     """Seed of sampling and of the random direction."""
+    default_prompt: bool = False
+    """With no prompts given: use :data:`DEFAULT_PROMPTS` for the chat mode the model ends up in."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -122,7 +130,7 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     )
 
     registry = registry or Registry()
-    if not prompts:
+    if not prompts and not cfg.default_prompt:
         raise InputError("no prompts", "give --prompt or --prompts FILE")
     subject, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method)
     lams, lam_source = list(cfg.lambdas), "given"
@@ -139,6 +147,7 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     vectors, arts = concept_vectors(query, registry, atlas, subject, layers, cfg.method)
     site = arts[0].provenance["site"]
     chat = bool(getattr(lm.tokenizer, "chat_template", None)) if cfg.chat is None else cfg.chat
+    prompts = list(prompts) or [DEFAULT_PROMPTS["chat" if chat else "raw"]]
     norms = site_norms(lm, site, sorted(vectors), prompts, chat=chat) if cfg.unit == "norm" else {}
     per_unit = absolute_lambdas(vectors, 1.0, cfg.unit, norms)  # the multiplier of s_c per unit of lambda
     sweep = sorted({0.0, *lams}, key=lambda x: (x != 0, x))

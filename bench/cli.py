@@ -1,6 +1,7 @@
 """CLI latency: `atlas --help`, `atlas models`, `atlas registry ls`, `atlas concept ls` and a text search, each
 as a fresh process (median of 5), against `python -c pass` in the same run. Targets: < 0.5 s for the first
-four, <= 3 s for `atlas search "secrets"` on the demo registry (skipped when the registry has no alignment).
+four, <= 3 s for `atlas search "secrets"` and < 3 s for `atlas explain` (with peak tokens) on the demo registry
+(skipped when the registry has no alignment).
 Writes bench/results/cli.json."""
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def main() -> None:
         r = timed(ATLAS + ["search", "secrets", "--layer", "12"], repeats=3)
         r.update(target_s=3.0, met=r["median_s"] <= 3.0, over_baseline_s=round(r["median_s"] - base["median_s"], 3))
         rows['atlas search "secrets" --layer 12 (warm)'] = r
+        explain = ["explain", "--layer", "12", "--feature", "100"]  # peak tokens from kept positions + tokenizer
+        subprocess.run(ATLAS + explain, capture_output=True, cwd=ROOT)
+        r = timed(ATLAS + explain, repeats=3)
+        r.update(target_s=3.0, met=r["median_s"] < 3.0, over_baseline_s=round(r["median_s"] - base["median_s"], 3))
+        rows["atlas explain --layer 12 --feature 100 (warm)"] = r
     write("cli", {"baseline": "python -c pass", "commands": rows})
 
 

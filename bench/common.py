@@ -59,3 +59,15 @@ def write(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path
+
+
+def text_embeddings(texts: list[str]) -> Any:
+    """MiniLM embeddings of generations, with an empty (or whitespace) generation as the zero vector: it says
+    nothing about any concept (MiniLM embeds "" at cosine ~0.25 to many short concept names)."""
+    from atlascli.embed import embed
+
+    e = embed(texts).clone()  # a normal tensor (embed returns an inference tensor)
+    for i, t in enumerate(texts):
+        if not t.strip():
+            e[i] = 0
+    return e

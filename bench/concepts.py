@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write  # noqa: E402
+from common import text_embeddings, write  # noqa: E402
 
 CONCEPTS = [
     # the user's examples and the paper's Table 6 / Table 8 concepts
@@ -108,7 +108,7 @@ def main() -> None:
         steer_layers = [int(x) for x in args.steer_layers.split(",") if x] or default_layers(sorted(fits), lm.n_layers)
         norms = site_norms(lm, p0["site"], steer_layers, PROMPTS, chat=True)
         unsteered = generate(lm, PROMPTS, gen_cfg)
-        unsteered_emb = embed(unsteered)
+        unsteered_emb = text_embeddings(unsteered)
     for ci, concept in enumerate(concepts):
         c_emb = concept_emb[ci]
         sims_test = test_emb @ c_emb
@@ -165,7 +165,7 @@ def main() -> None:
                 lam = {layer: args.lam / NORM_REFERENCE * norms[layer] for layer in steer_layers}
                 with steering(lm.model, p0["site"], vecs, lam):
                     gens[name] = generate(lm, PROMPTS, gen_cfg)
-            cos = {name: [float(v) for v in (unsteered_emb if name == "unsteered" else embed(g)) @ c_emb]
+            cos = {name: [float(v) for v in (unsteered_emb if name == "unsteered" else text_embeddings(g)) @ c_emb]
                    for name, g in gens.items()}
             row["steer"] = {name: round(statistics.mean(v), 4) for name, v in cos.items()}
             if "atlas" in cos:

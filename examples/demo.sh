@@ -20,6 +20,8 @@ step "Concept Atlas (defaults: ~12k sentences, 4096 features, k=32)"
 $atlas atlas build --train-sentences "$N" --label-sentences "$N"
 step "translations of SmolLM2-135M-Instruct"
 $atlas fit --subject smollm2-135m-instruct --layers 3,12,19,25 --site mlp --method all --limit "$N"
+step "subject activations of $TEST held-out test sentences (examples for search/explain, evaluation)"
+$atlas extract --model smollm2-135m-instruct --layers 3,12,19,25 --site mlp --split test --limit "$TEST"
 step "search: atlas search \"secrets\""
 $atlas search "secrets" --layer 12 --top 5 --samples 2
 step "steer: atlas steer --concept london --lambda 35"

@@ -16,6 +16,7 @@ Prints one line per trial and a final ``kills=N corrupted=C wrong=W`` summary; e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -254,18 +255,25 @@ def _cleanup(home: Path) -> None:
 
 
 def kill_trial(op: str, template: Path, work: Path, models: Path, reference: dict[str, bytes],
-               delay: float) -> dict[str, Any]:
-    """One kill: copy the template, start the writer, SIGKILL it after ``delay`` s, check, rerun, check."""
+               delay: float, when: str | None = None) -> dict[str, Any]:
+    """One kill: copy the template, start the writer, SIGKILL it after ``delay`` s (or, with ``when``, as soon as
+    a path matching that glob under the home exists, ``delay`` s at most), check, rerun, check. The result also
+    holds the sha256 of every file the rerun left published (``sha256``)."""
     home = _fresh(template, work, op)
     pid = spawn(op, home, models)
-    time.sleep(delay)
+    deadline = time.perf_counter() + delay
+    if when is None:
+        time.sleep(delay)
+    while when is not None and time.perf_counter() < deadline and next(home.glob(when), None) is None:
+        time.sleep(0.002)
     killed = kill(pid)
     c1, w1, notes1 = check_home(home, reference, complete=False)
     finish(spawn(op, home, models, slow=False), home)
     c2, w2, notes2 = check_home(home, reference, complete=True)
+    digests = {key: hashlib.sha256(data).hexdigest() for key, data in snapshot(home).items()}
     _cleanup(home)
-    return {"op": op, "delay": round(delay, 3), "killed": killed, "corrupted": c1 + c2, "wrong": w1 + w2,
-            "notes": notes1 + notes2}
+    return {"op": op, "delay": round(delay, 3), "when": when, "killed": killed, "corrupted": c1 + c2,
+            "wrong": w1 + w2, "notes": notes1 + notes2, "sha256": digests}
 
 
 def concurrent_trial(op: str, template: Path, work: Path, models: Path, reference: dict[str, bytes]) -> dict[str, Any]:
@@ -329,7 +337,7 @@ def run_all(kills: int, seed: int, root: Path, log: Any = print) -> tuple[int, i
         res = kill_trial(op, template, root, models, snap, rng.uniform(0.0, span))
         done += int(res["killed"])
         results.append(res)
-        log(json.dumps(res))
+        log(json.dumps({k: v for k, v in res.items() if k != "sha256"}))
     return done, sum(r["corrupted"] for r in results), sum(r["wrong"] for r in results), results
 
 

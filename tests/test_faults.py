@@ -43,7 +43,7 @@ def _isolated(body: str, **args: object) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("op,seed", [("extract", 1), ("cache", 2)])
+@pytest.mark.parametrize("op,seed", [("extract", 1), ("cache", 2), ("fit", 3)])
 def test_sigkill_at_a_seeded_point_publishes_nothing_wrong(template, tmp_path, op, seed):
     home, models = template
     res = _isolated("""
@@ -53,6 +53,59 @@ res = fi.kill_trial(op, Path(home), Path(tmp), Path(models), reference, random.R
 print(json.dumps({"corrupted": res["corrupted"], "wrong": res["wrong"], "notes": res["notes"]}, default=str))
 """, op=op, seed=seed, home=str(home), tmp=str(tmp_path), models=str(models))
     assert res["corrupted"] == 0 and res["wrong"] == 0, res["notes"]
+
+
+FIT_KILL_POINTS = {
+    "atlas extraction staged": "artifacts/activations/.partial-*/plan.json",
+    "first extraction published": "artifacts/activations/act-*/manifest.json",
+    "translation written, not committed": "artifacts/alignment/.partial-*/translation.safetensors",
+    "first alignment published": "artifacts/alignment/align-*/manifest.json",
+}
+
+
+def test_fit_killed_at_each_step_reruns_to_byte_identical_translations(template, tmp_path):
+    """SIGKILL `atlas fit` at each of its steps: the rerun publishes translations whose sha256 is that of a clean fit
+    (and everything else byte for byte too). safetensors wrote the translation's metadata in a random order, so
+    before ``atomic_save_tensors`` sorted it a rerun's translation differed in its header alone."""
+    home, models = template
+    res = _isolated("""
+import hashlib
+reference, span = fi.reference_for("fit", Path(home), Path(tmp), Path(models))
+clean = {k: hashlib.sha256(v).hexdigest() for k, v in reference.items() if k.endswith("translation.safetensors")}
+out = {"clean": clean, "trials": {}}
+for name, when in points.items():
+    r = fi.kill_trial("fit", Path(home), Path(tmp), Path(models), reference, 3 * span, when=when)
+    out["trials"][name] = {"killed": r["killed"], "corrupted": r["corrupted"], "wrong": r["wrong"], "notes": r["notes"],
+                           "translations": {k: v for k, v in r["sha256"].items() if k in clean}}
+print(json.dumps(out, default=str))
+""", points=FIT_KILL_POINTS, home=str(home), tmp=str(tmp_path), models=str(models))
+    assert len(res["clean"]) == 2  # procrustes and cov
+    for name, trial in res["trials"].items():
+        assert trial["killed"], name  # the kill landed before the fit finished
+        assert trial["corrupted"] == 0 and trial["wrong"] == 0, (name, trial["notes"])
+        assert trial["translations"] == res["clean"], name
+
+
+def test_translation_file_bytes_do_not_depend_on_the_run(tmp_path):
+    """The same translation saved again gives the same bytes (safetensors serialises its metadata from a Rust
+    HashMap, in a different order from call to call)."""
+    import hashlib
+
+    import torch
+
+    from atlascli.translate import Translation
+
+    tr = Translation("procrustes", torch.arange(12.0).reshape(3, 4))
+    digests = set()
+    for i in range(30):
+        tr.save(tmp_path / f"t{i}.safetensors")
+        digests.add(hashlib.sha256((tmp_path / f"t{i}.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    from atlascli.translate import StoredTranslation
+
+    stored = StoredTranslation(tmp_path / "t0.safetensors")
+    assert (stored.method, stored.ds, stored.dc) == ("procrustes", 3, 4)
+    assert torch.equal(stored.load(), tr.T)
 
 
 def test_two_writers_of_one_artifact(template, tmp_path):

@@ -19,7 +19,7 @@ def test_fit_reuses_the_atlas_labelling_codes(aligned):
     assert atlas.artifact.meta["label_codes"] in fits[0].parents
 
 
-def test_search_ranks_by_eq3_and_attaches_test_examples(aligned, tiny_models):
+def test_search_ranks_by_eq3_and_attaches_test_examples(aligned, tiny_models, monkeypatch):
     atlas, fits = aligned
     reg = Registry()
     proc = resolve_alignment(reg, None, str(tiny_models["llama"]), 2, "procrustes", atlas)
@@ -44,6 +44,11 @@ def test_search_ranks_by_eq3_and_attaches_test_examples(aligned, tiny_models):
         np.testing.assert_allclose([v for v, _ in f.examples], top_vals, rtol=1e-6)
         for v, t in f.examples:  # each example really has that activation (ties may reorder equal values)
             assert dense[sentences.index(t), f.index] == pytest.approx(v, rel=1e-6)
+    # no limit given: the test extraction already there is used as it is, nothing new is extracted
+    monkeypatch.setattr("atlascli.search_run.MIN_REUSED_TEST", 50)
+    before = {a.id for a in reg.find("activations")}
+    again, _ = test_activations(proc, None, reg)
+    assert again.artifact.id == acts.artifact.id and {a.id for a in reg.find("activations")} == before
 
 
 def test_examples_and_contrast_queries(aligned):

@@ -167,5 +167,10 @@ def test_steer_cli_defaults_state_unit_layers_and_template(aligned, capsys):
     assert code == 0 and out["unit"] == "norm" and out["lambda_source"] == "default"
     assert out["layers_default"] is True and out["layers"] == [2]
     assert set(out["generations"]) == {"0.0", "35.0"}
+    from atlascli.steer_run import DEFAULT_PROMPTS
+
+    for flag, mode in (("--chat", "chat"), ("--raw", "raw")):  # no prompt: the default for the chat mode used
+        assert main(["steer", "--features", "3", "--max-new-tokens", "2", flag, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["prompts"] == [DEFAULT_PROMPTS[mode]]
     for bad in (["--lambda", ""], ["--lambda", "0,10"], ["--lambda", "x"]):
         assert main(["steer", "--features", "3", "--prompt", "Hi", *bad]) == 2

@@ -162,6 +162,30 @@ def _pm(x: Any, sd: Any, digits: int = 2) -> str:
     return _fmt(x, digits) + (f" ± {sd:.{digits}f}" if sd is not None and x is not None else "")
 
 
+Row = tuple[str, dict[str, dict[str, str]], str]
+"""A table row: label, layer -> metric -> cell text, Rich style."""
+
+
+def _grid(title: str, metrics: list[str], cols: list[str], rows: list[Row],
+          headers: dict[str, str] | None = None) -> None:
+    """Methods as rows, layer x metric as columns; below 120 columns one table per metric (layers as columns), so
+    that no number is ever cut, whatever the number of layers."""
+    headers = headers or {}
+    groups = [metrics] if console.width >= 120 or len(cols) * len(metrics) <= 4 else [[m] for m in metrics]
+    for group in groups:
+        t = Table(title=title if len(groups) == 1 else f"{title}: {group[0]}")
+        t.add_column("Method", no_wrap=True)
+        for c in cols:
+            for m in group:
+                t.add_column(f"L{c} {headers.get(c + m, m)}" if len(group) > 1 else f"L{c}" + headers.get(c + m, ""),
+                             justify="right")
+        for label, cells, style in rows:
+            if not any(cells.get(c, {}).get(m) for c in cols for m in group):
+                continue  # e.g. the positive rate under AUROC
+            t.add_row(label, *[cells.get(c, {}).get(m, "") for c in cols for m in group], style=style)
+        console.print(t)
+
+
 def render(report: Any) -> None:
     """Rich tables: methods as rows, layers as columns (names abbreviated, with a legend, in narrow terminals)."""
     _render(report)
@@ -171,29 +195,26 @@ def render(report: Any) -> None:
 
 def _render(report: Any) -> None:
     cols = [str(la) for la in report.layers]
+    narrow = console.width < 120
     if report.quality:
         q = report.quality
         dropped = q.get("dropped", {"count": 0, "features": {}})
         why = "; ".join(f"{len(v)} {k}" for k, v in dropped["features"].items())
-        t = Table(title=f"Translation quality (AUROC / AP), {q.get('used', len(q['features']))} of {len(q['features'])} "
-                        f"atlas features ({q.get('feature_source', 'sampled')}"
-                        + (f"; dropped: {why}" if dropped["count"] else "; none dropped")
-                        + f"), N={report.data['n_test']} test sentences")
-        t.add_column("Method", no_wrap=True)
-        for c in cols:
-            t.add_column(f"L{c} AUROC", justify="right")
-            t.add_column(f"L{c} AP", justify="right")
-        for m in report.methods:
-            t.add_row(_name(m), *[v for c in cols for v in (_fmt(q[m][c]["auroc"]), _fmt(q[m][c]["ap"]))])
+        title = (f"Translation quality (AUROC / AP), {q.get('used', len(q['features']))} of {len(q['features'])} "
+                 f"atlas features ({q.get('feature_source', 'sampled')}"
+                 + (f"; dropped: {why}" if dropped["count"] else "; none dropped")
+                 + f"), N={report.data['n_test']} test sentences")
+        rows: list[Row] = [(_name(m), {c: {"AUROC": _fmt(q[m][c]["auroc"]), "AP": _fmt(q[m][c]["ap"])}
+                                       for c in cols}, "") for m in report.methods]
         base = q["baseline"]
         draws = base[cols[0]].get("random_draws", 1)
-        t.add_row(_name("random") + f" ({draws}x)" if console.width < 120 else
-                  f"Random direction ({draws} draw{'s' if draws != 1 else ''}, mean ± sd)",
-                  *[v for c in cols for v in (_pm(base[c]["random_auroc"], base[c].get("random_auroc_std")),
-                                              _pm(base[c]["random_ap"], base[c].get("random_ap_std")))], style="dim")
-        t.add_row("Pos. rate" if console.width < 120 else "Positive rate",
-                  *[v for c in cols for v in ("", _fmt(base[c]["positive_rate"], 3))], style="dim")
-        console.print(t)
+        rows.append((_name("random") + f" ({draws}x)" if narrow else
+                     f"Random direction ({draws} draw{'s' if draws != 1 else ''}, mean ± sd)",
+                     {c: {"AUROC": _pm(base[c]["random_auroc"], base[c].get("random_auroc_std")),
+                          "AP": _pm(base[c]["random_ap"], base[c].get("random_ap_std"))} for c in cols}, "dim"))
+        rows.append(("Pos. rate" if narrow else "Positive rate",
+                     {c: {"AP": _fmt(base[c]["positive_rate"], 3)} for c in cols}, "dim"))
+        _grid(title, ["AUROC", "AP"], cols, rows)
     if report.retrieval:
         _render_retrieval(report, cols)
     if report.steering:
@@ -207,20 +228,16 @@ def _render_retrieval(report: Any, cols: list[str]) -> None:
     for cand in (chosen, *[c for c in ("validated", "all") if c != chosen]):
         what = ("among the validated features (the paper's protocol)" if cand == "validated"
                 else "among all subject features (harder)")
-        t = Table(title=f"Semantic retrieval (MRR / MPP, mean ± std), each query ranked {what}")
-        t.add_column("Method", no_wrap=True)
-        for c in cols:
-            k = r["kept"][c]
-            n = r["baseline"][c][cand]["n_candidates"]
-            t.add_column(f"L{c} MRR (n={n})", justify="right")
-            t.add_column(f"L{c} MPP", justify="right")
+        ns = {c: r["baseline"][c][cand]["n_candidates"] for c in cols}
+        rows: list[Row] = []
         for m in report.methods:
-            cells = [r[m][c].get(cand, r[m][c]) for c in cols]
-            t.add_row(_name(m), *[f"{x[k]:.3f} ± {x[k + '_std']:.2f}" for x in cells for k in ("mrr", "mpp")])
-        t.add_row("Chance (H_n/n, 1/n)", *[v for c in cols for v in (f"{r['baseline'][c][cand]['mrr']:.4f}",
-                                                                     f"{r['baseline'][c][cand]['mpp']:.4f}")],
-                  style="dim")
-        console.print(t)
+            cells = {c: r[m][c].get(cand, r[m][c]) for c in cols}
+            rows.append((_name(m), {c: {k.upper(): f"{x[k]:.3f} ± {x[k + '_std']:.2f}" for k in ("mrr", "mpp")}
+                                    for c, x in cells.items()}, ""))
+        rows.append(("Chance (H_n/n, 1/n)",
+                     {c: {k.upper(): f"{r['baseline'][c][cand][k]:.4f}" for k in ("mrr", "mpp")} for c in cols}, "dim"))
+        _grid(f"Semantic retrieval (MRR / MPP, mean ± std), each query ranked {what}", ["MRR", "MPP"], cols, rows,
+              headers={c + "MRR": f" (n={n})" for c, n in ns.items()})
     for c in cols:
         k = r["kept"][c]
         why = "; ".join(f"{n} {reason}" for reason, n in k.get("dropped_by_reason", {}).items())

@@ -75,7 +75,8 @@ def explain_cmd(
     atlas: str | None = typer.Option(None, help="Only alignments to this atlas."),
     top: int = typer.Option(10, help="Atlas concepts per sign."),
     samples: int = typer.Option(5, help="Max-activating test sentences (0: none, no histogram)."),
-    test_limit: int = typer.Option(5000, help="Test sentences scanned."),
+    test_limit: int | None = typer.Option(None, min=1, help="Test sentences scanned (default: those already "
+                                                         "extracted, else 5000)."),
     bins: int = typer.Option(12, help="Histogram bins."),
     peaks: bool = typer.Option(True, "--peaks/--no-peaks", help="Mark each example's peak token (loads the subject)."),
     device: str = typer.Option("cpu", help="Device of the subject model."),

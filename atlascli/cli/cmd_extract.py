@@ -18,7 +18,8 @@ def extract_cmd(
     split: str = typer.Option("train", help="train or test."),
     sae: str | None = typer.Option(None, help="SAE (folder, atlas id or RELEASE:ID): store sparse codes."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N sentences."),
-    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto (CUDA; a model too big for one GPU is spread over "
+                                            "this node's GPUs with accelerate's device_map)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
     batch_tokens: int = typer.Option(2048, min=1, help="Token budget per batch."),
     shard_size: int = typer.Option(2048, min=1, help="Sentences per shard (unit of resumption)."),
@@ -59,4 +60,8 @@ def extract_cmd(
     table.add_row("dataset", f"{p['dataset']} [{p['split']}], N = {p['n']:,}")
     table.add_row("widths", str(art.meta["widths"]))
     table.add_row("tokens", f"{art.meta['tokens']:,}")
+    if placement := art.meta.get("model_card", {}).get("placement"):
+        table.add_row("placement", placement)
+    if (processes := art.meta.get("throughput", {}).get("processes")) is not None:
+        table.add_row("processes", str(processes))
     console.print(table)

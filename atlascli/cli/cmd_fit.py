@@ -18,8 +18,12 @@ def fit_cmd(
     limit: int | None = typer.Option(None, min=1, help="Only the first N training sentences."),
     ridge: float = typer.Option(0.0, min=0.0, help="Ridge term for linreg."),
     k: int = typer.Option(20, min=1, help="Top-k samples per feature for semlens."),
-    device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto (CUDA; a model too big for one GPU is spread over "
+                                            "this node's GPUs with accelerate's device_map)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (extraction dtype; the fit is float64)."),
+    shard_size: int = typer.Option(2048, min=1, help="Sentences per extraction shard (unit of resumption and of "
+                                                     "the work split across torchrun ranks)."),
+    batch_tokens: int = typer.Option(2048, min=1, help="Token budget per extraction batch (raise it on a GPU)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
@@ -29,7 +33,8 @@ def fit_cmd(
     from atlascli.fit import FitConfig, fit
 
     cfg = FitConfig(subject=subject, layers=parse_ints(layer, "layers"), site=site, atlas=atlas, methods=method,
-                    dataset=dataset, limit=limit, ridge=ridge, k=k, device=device, dtype=dtype)
+                    dataset=dataset, limit=limit, ridge=ridge, k=k, device=device, dtype=dtype, shard_size=shard_size,
+                    batch_tokens=batch_tokens)
     if dry_run:
         from atlascli.plan_tasks import plan_fit
 

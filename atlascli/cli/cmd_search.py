@@ -71,7 +71,8 @@ def search_cmd(
                                            help="Minimum similarity of the text to labels / examples (0.25)."),
     include_incoherent: bool = typer.Option(False, help="Let text match incoherent (syntax) features too."),
     examples_per_feature: int = typer.Option(2, "--samples", min=0, help="Max-activating test sentences per feature."),
-    test_limit: int = typer.Option(5000, min=1, help="Test sentences scanned for max-activating examples."),
+    test_limit: int | None = typer.Option(None, min=1, help="Test sentences scanned for max-activating examples "
+                                                         "(default: those already extracted, else 5000)."),
     aligned: int = typer.Option(5, min=0, help="Test sentences most aligned with s to show (0 = none)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

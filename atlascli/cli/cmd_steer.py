@@ -10,8 +10,6 @@ from rich.table import Table
 from atlascli.cli.common import console, emit_json, err, parse_floats, parse_ints, read_prompts
 from atlascli.errors import InputError
 
-DEFAULT_PROMPT = "Sure, I always have a joke ready! Here is one:"
-
 
 def steer_cmd(
     concept: str | None = typer.Option(None, "--concept", "-c", help="Named concept or text query."),
@@ -20,7 +18,8 @@ def steer_cmd(
                                                            "--unit norm: 35 adds a vector as long as a typical token."),
     unit: str = typer.Option("norm", help="norm (lambda/35 x each layer's median token norm, along the unit "
                                           "direction of s) or absolute (the paper's lambda * s)."),
-    prompt: str | None = typer.Option(None, help="Prompt (default: the paper's joke prompt)."),
+    prompt: str | None = typer.Option(None, help="Prompt (default: \"Tell me a short story.\" for chat models, "
+                                                 "the paper's joke prompt as a raw continuation otherwise)."),
     prompts: Path | None = typer.Option(None, help="File with one prompt per line."),
     layers: str | None = typer.Option(None, help="Layers to steer (default: the fitted early/middle layers)."),
     subject: str | None = typer.Option(None, help="Subject model (default: that of the latest alignment)."),
@@ -44,7 +43,7 @@ def steer_cmd(
     from atlascli.registry import Registry
     from atlascli.steer_run import SteerConfig, run_steer
 
-    plist = read_prompts(prompts) if prompts is not None else [prompt or DEFAULT_PROMPT]
+    plist = read_prompts(prompts) if prompts is not None else [prompt] if prompt else []
     if concept is None and features is None:
         raise InputError("no concept given", "use --concept london or --features 5218,12614")
     lams: list[float] = []
@@ -58,7 +57,7 @@ def steer_cmd(
         raise InputError("no lambda given", "e.g. --lambda 35")
     cfg = SteerConfig(lambdas=tuple(lams), unit=unit, layers=parse_ints(layers, "layers") if layers else (),
                       subject=subject, method=method, random=random_dir, chat=chat, max_new_tokens=max_new_tokens,
-                      sample=sample, seed=seed)
+                      sample=sample, seed=seed, default_prompt=prompts is None and not prompt)
     reg = Registry()
     at = resolve_atlas(atlas, reg)
     query = build_query(at, concept if features is None else None, features, None, None, top_features, threshold,
@@ -72,7 +71,7 @@ def steer_cmd(
                    "method": method, "unit": res.unit, "lambda_source": res.lambda_source, "chat": res.chat,
                    "query": {"source": query.source, "matches": query.matches, "examples": query.examples},
                    "multipliers": {str(k): v for k, v in res.multipliers.items()},
-                   "vector_norms": res.vector_norms, "site_norms": res.site_norms, "prompts": plist,
+                   "vector_norms": res.vector_norms, "site_norms": res.site_norms, "prompts": res.prompts,
                    "generations": {str(k): v for k, v in res.generations.items()},
                    "random_generations": {str(k): v for k, v in res.random_generations.items()}
                    if random_dir else None})
@@ -84,7 +83,7 @@ def steer_cmd(
                   + f" at {res.site} ({method}); lambda in{unit_text}"
                   + (f"; lambda from {res.lambda_source}" if res.lambda_source != "given" else "")
                   + ("; chat template" if res.chat else "; raw prompt"), highlight=False)
-    for i, pr in enumerate(plist):
+    for i, pr in enumerate(res.prompts):
         table = Table(title=f"prompt: {pr}", show_lines=True)
         cols = []
         for lam_v in res.generations:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,27 @@ console = Console()
 err = Console(stderr=True)
 
 
+def launch_rank() -> int:
+    """This process's rank in a torchrun / accelerate launch (0 without one, or when the variables are malformed:
+    the library then says what is wrong)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0) if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else 0
+    except ValueError:
+        return 0
+
+
+def quiet_other_ranks() -> int:
+    """In a multi-process launch only rank 0 prints (tables, progress, JSON); returns this rank."""
+    rank = launch_rank()
+    if rank > 0:
+        console.quiet = err.quiet = True
+    return rank
+
+
 def emit_json(obj: Any) -> None:
-    """Print machine-readable output on stdout."""
+    """Print machine-readable output on stdout (rank 0 only in a multi-process launch)."""
+    if launch_rank() > 0:
+        return
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -66,15 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ATLAS_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
-    from atlascli.cli.common import err
+    from atlascli.cli.common import err, quiet_other_ranks
+    from atlascli.errors import PeerError
 
+    rank = quiet_other_ranks()  # torchrun / accelerate launch: rank 0 speaks for the run
     try:
         result = app(args=args, prog_name="atlas", standalone_mode=False)
+    except PeerError:  # rank 0 prints why
+        return 2
     except AtlasError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]({exc.hint})[/]" if exc.hint else ""),
-                  highlight=False, soft_wrap=True)
+        err.quiet = False
+        err.print((f"[bold]rank {rank}:[/] " if rank else "") + f"[bold red]error:[/] {exc.message}"
+                  + (f" [dim]({exc.hint})[/]" if exc.hint else ""), highlight=False, soft_wrap=True)
         return 2
     except _EXITS as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
@@ -90,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so in one line
         if debug:
             raise
-        err.print(f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc} [dim](rerun with --debug for the "
-                  "traceback)[/]", highlight=False, soft_wrap=True)
+        err.quiet = False
+        err.print((f"[bold]rank {rank}:[/] " if rank else "") + f"[bold red]internal error:[/] "
+                  f"{exc.__class__.__name__}: {exc} [dim](rerun with --debug for the traceback)[/]",
+                  highlight=False, soft_wrap=True)
         return 1
     # without standalone mode, `raise typer.Exit(code)` comes back as the return value
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from atlascli.errors import CorruptArtifactError
 
@@ -45,19 +45,45 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_save_tensors(
     path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Atomically write a safetensors file."""
+    """Atomically write a safetensors file, byte for byte the same for the same tensors and metadata."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
-        with open(tmp, "rb") as fh:
+        with open(tmp, "r+b") as fh:
+            if metadata is not None and len(metadata) > 1:
+                _sort_metadata(fh)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _sort_metadata(fh: BinaryIO) -> None:
+    """Rewrite the header of the safetensors file open in ``fh`` with its ``__metadata__`` keys sorted.
+
+    safetensors serialises the metadata from a Rust HashMap, whose iteration order is random per process and even per
+    call: the same translation got a different header, so a different sha256, from one run to the next (found by the
+    fault-injection reruns of `atlas fit`). The sorted header has the same keys and values, so it fits in the old
+    one's length (the rest is padded with spaces, which the format allows) and the tensor data stays where it is."""
+    n = int.from_bytes(fh.read(8), "little")
+    header = json.loads(fh.read(n))
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) <= n:
+        fh.seek(8)
+        fh.write(text.ljust(n))
+    else:  # never expected (same keys and values), but keep the file valid: move the data after the longer header
+        text += b" " * (-len(text) % 8)
+        fh.seek(8 + n)
+        data = fh.read()
+        fh.seek(0)
+        fh.write(len(text).to_bytes(8, "little") + text + data)
+        fh.truncate()
+    fh.flush()
 
 
 def read_json(path: Path) -> Any:

