@@ -40,7 +40,9 @@ bench: setup
 	$(BIN)/python bench/steer.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/hub.py
-	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py   # needs `make demo` first (about 30 min)
+	$(BIN)/python bench/distributed.py
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py   # these two need `make demo` first
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/steer_sweep.py --layer-sets 3,12,19,25 --concepts all
 
 lint: setup
 	$(BIN)/ruff check atlascli tests bench scripts examples

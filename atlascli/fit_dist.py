@@ -22,7 +22,7 @@ from atlascli.fit_health import Health, HoldoutHealth
 from atlascli.registry import Artifact, Registry
 
 if TYPE_CHECKING:
-    from atlascli.extract import Activations
+    from atlascli.activations import Activations
     from atlascli.translate import MultiFitter
 
 ShardSpan = tuple[str, int, int]

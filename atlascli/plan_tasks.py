@@ -75,9 +75,9 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
 def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan:
     """Check every input of ``atlas evaluate`` (atlas, alignments and their compatibility, models, layers, test
     data, judge) and say what it will compute and reuse."""
+    from atlascli.activations import find_covering
     from atlascli.atlas import resolve_atlas
     from atlascli.evaluate.run import KINDS, select_alignments
-    from atlascli.extract import find_covering
     from atlascli.judges import parse_judge
     from atlascli.translate import parse_methods
 

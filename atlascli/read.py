@@ -86,7 +86,7 @@ class SubjectStats:
 
 def subject_stats(art: Artifact, registry: Registry) -> SubjectStats:
     """Statistics of the subject activations the alignment was fitted on (its parent artifact; float64, streamed)."""
-    from atlascli.extract import Activations
+    from atlascli.activations import Activations
 
     p = art.provenance
     layer = int(p["layer"])

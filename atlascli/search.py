@@ -192,7 +192,7 @@ def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> to
     sae = load_atlas_sae(atlas.artifact, str(lm.device))  # checked against the manifest (cached)
     cfg = ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"], sae=atlas.id)
     out = extract_shard(lm, sentences, cfg, sae)
-    from atlascli.extract import Shard
+    from atlascli.activations import Shard
 
     layer = int(p["layer"])
     csr = (out[f"L{layer}.indptr"].numpy(), out[f"L{layer}.indices"].numpy(), out[f"L{layer}.values"].numpy())

@@ -33,6 +33,15 @@ HELD_OUT = [
     "the moon", "volcanoes", "pirates", "ice and snow", "wine", "babies", "poetry", "insects", "magic and wizards",
 ]
 
+FRESH = [
+    # a second held-out set, added after the first had been looked at: the check of the choices made with it
+    "mountains and hiking", "baking and bread", "robots", "deserts", "football", "airplanes", "jazz", "hospitals",
+    "kings and queens", "rivers", "farming", "the internet", "snakes", "cheese", "ghosts", "weddings", "bicycles",
+    "Paris", "Japan", "gold and jewels", "friendship", "fear", "happiness", "history", "physics", "photography",
+    "movies", "beer", "fruit", "the police", "taxes", "Christmas", "spiders", "whales", "forests", "weapons", "dance",
+    "theatre", "languages", "New York",
+]
+
 
 def sparsify(q: Any, k: int) -> Any:
     """The query restricted to its k largest positive entries (the concept's own features, no contrast tail)."""
@@ -88,7 +97,10 @@ def main() -> None:
     ap.add_argument("--lambdas", default="35")
     ap.add_argument("--layer-sets", default="3,12,19", help="'/'-separated layer lists")
     ap.add_argument("--variants", default="full", help="full (the whole query) or topK (its K largest entries)")
-    ap.add_argument("--concepts", default="", help="';'-separated (default: tuning 30 + held-out 20)")
+    ap.add_argument("--methods", default="procrustes", help="translation methods to steer with")
+    ap.add_argument("--n-examples", default="50", help="examples retrieved per text query (query_from_text)")
+    ap.add_argument("--concepts", default="", help="';'-separated, or tuning / held_out / fresh / all "
+                    "(default: tuning 30 + held-out 20)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--prompts", default="", help="'|'-separated prompts (default: bench/concepts.py's 6)")
     ap.add_argument("--out", default="steer_sweep")
@@ -97,13 +109,18 @@ def main() -> None:
     t0 = time.perf_counter()
     reg = Registry()
     atlas = resolve_atlas(None, reg)
-    fits = {int(a.provenance["layer"]): a for a in reg.find("alignment", method="procrustes", atlas=atlas.weights_id)}
-    if not fits:
+    methods = args.methods.split(",")
+    fits_by = {m: {int(a.provenance["layer"]): a for a in reg.find("alignment", method=m, atlas=atlas.weights_id)}
+               for m in methods}
+    fits = fits_by[methods[0]]
+    if not all(fits_by.values()):
         sys.exit("no Procrustes alignment in the registry: run `make demo` first")
     site = next(iter(fits.values())).provenance["site"]
     subject = next(iter(fits.values())).provenance["subject"]
-    concepts = [c for c in args.concepts.split(";") if c] or CONCEPTS + HELD_OUT
-    held = set(HELD_OUT)
+    sets = {"tuning": CONCEPTS, "held_out": HELD_OUT, "fresh": FRESH, "all": CONCEPTS + HELD_OUT + FRESH}
+    concepts = sets.get(args.concepts) or [c for c in args.concepts.split(";") if c] or CONCEPTS + HELD_OUT
+    part_of = {**{c: "tuning" for c in CONCEPTS}, **{c: "held_out" for c in HELD_OUT},
+               **{c: "fresh" for c in FRESH}}
     lm = load_model(subject)
     gen_cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, chat=True)
     all_layers = sorted({int(x) for s in args.layer_sets.split("/") for x in s.split(",")})
@@ -112,24 +129,27 @@ def main() -> None:
     c_emb = embed(concepts)
     u_cos = text_embeddings(unsteered) @ c_emb.T  # prompts x concepts
     ref = {"nll": nll(lm, prompts, unsteered), "distinct2": distinct2(unsteered)}
-    queries = {c: query_from_text(c, atlas) for c in concepts}
+    n_ex = [int(x) for x in args.n_examples.split(",")]
+    queries = {(c, n): query_from_text(c, atlas, n_examples=n) for c in concepts for n in n_ex}
     configs = []
     for lam in [float(x) for x in args.lambdas.split(",")]:
         for ls in args.layer_sets.split("/"):
             for variant in args.variants.split(","):
-                configs.append((lam, [int(x) for x in ls.split(",")], variant))
+                for method in methods:
+                    for n in n_ex:
+                        configs.append((lam, [int(x) for x in ls.split(",")], variant, method, n))
     results = []
     n_p = len(prompts)
-    for lam, layers, variant in configs:
+    for lam, layers, variant, method, n in configs:
         # every concept x prompt is one row of one batch: per-row steering vectors of shape (rows, 1, d)
         stacks: dict[str, dict[int, Any]] = {"atlas": {}, "random": {}}
         for layer in layers:
             a_rows, r_rows = [], []
             for ci, concept in enumerate(concepts):
-                q = queries[concept]
+                q = queries[(concept, n)]
                 if variant.startswith("top"):
                     q = sparsify(q, int(variant[3:]))
-                v = subject_similarity(q, fits[layer])
+                v = subject_similarity(q, fits_by[method][layer])
                 gen = torch.Generator().manual_seed(1000 + 7919 * ci + layer)
                 r = torch.randn(v.shape, generator=gen)
                 a_rows += [v / v.norm()] * n_p
@@ -148,19 +168,22 @@ def main() -> None:
             cos = {name: float((e[sl] @ c_emb[ci]).mean()) for name, e in embs.items()}
             cos["unsteered"] = float(u_cos[:, ci].mean())
             texts = gens["atlas"][sl]
-            rows.append({"concept": concept, "held_out": concept in held, **{k: round(v, 4) for k, v in cos.items()},
+            rows.append({"concept": concept, "set": part_of.get(concept, "other"),
+                         "held_out": part_of.get(concept) != "tuning", **{k: round(v, 4) for k, v in cos.items()},
                          "win": cos["atlas"] >= max(cos["unsteered"], cos["random"]) + 0.02,
                          "nll": round(nll(lm, prompts, texts), 3), "distinct2": round(distinct2(texts), 3),
                          "sample": texts[0][:120]})
         summary = {}
-        for part, sel in (("tuning", [r for r in rows if not r["held_out"]]), ("held_out", [r for r in rows if r["held_out"]])):
+        for part in ("tuning", "held_out", "fresh", "other"):
+            sel = [r for r in rows if r["set"] == part]
             if sel:
                 summary[part] = {
                     "n": len(sel), "win_share": round(sum(r["win"] for r in sel) / len(sel), 3),
                     **{k: round(statistics.mean(r[k] for r in sel), 4)
                        for k in ("atlas", "random", "unsteered", "nll", "distinct2")}}
-        results.append({"lambda": lam, "layers": layers, "variant": variant, "summary": summary, "concepts": rows})
-        print(f"lambda {lam:g} layers {layers} {variant}: " + "  ".join(
+        results.append({"lambda": lam, "layers": layers, "variant": variant, "method": method, "n_examples": n,
+                        "summary": summary, "concepts": rows})
+        print(f"lambda {lam:g} layers {layers} {variant} {method} n={n}: " + "  ".join(
             f"{p}: win {s['win_share']:.2f} atlas {s['atlas']:.3f} rnd {s['random']:.3f} unst {s['unsteered']:.3f} "
             f"nll {s['nll']:.2f} d2 {s['distinct2']:.2f}" for p, s in summary.items()), flush=True)
     write(args.out, {"atlas": atlas.id, "subject": subject, "site": site, "prompts": prompts,

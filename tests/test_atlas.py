@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from atlascli.activations import Activations
 from atlascli.atlas import AtlasBuildConfig, build_atlas, import_atlas, read_labels_file, resolve_atlas
 from atlascli.errors import InputError, NotFoundError
-from atlascli.extract import Activations
 from atlascli.registry import Registry
 
 

@@ -14,12 +14,12 @@ import scipy.sparse as sp
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from atlascli.activations import Shard
 from atlascli.cli.main import main
 from atlascli.errors import InputError
 from atlascli.evaluate.data import TestData, check_disjoint
 from atlascli.evaluate.quality import sample_features, translation_quality
 from atlascli.evaluate.retrieval import chance_retrieval, concept_sets, retrieval
-from atlascli.extract import Shard
 from atlascli.registry import Registry
 from atlascli.translate.base import Translation
 

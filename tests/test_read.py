@@ -163,7 +163,7 @@ def test_read_cli_on_tiny_atlas(aligned, tmp_path, capsys) -> None:
     reg = Registry()
     cov = next(a for a in fits if a.provenance["method"] == "cov")
     tf = transform_for(cov, reg)  # the fit's subject mean, from the alignment's parent activations
-    from atlascli.extract import Activations
+    from atlascli.activations import Activations
 
     parent = next(Activations(reg.get(p)) for p in cov.parents if reg.get(p).provenance.get("model") == cov.provenance["subject"])
     X = parent.dense(2).double().numpy()

@@ -137,7 +137,7 @@ def _store_codes(registry: Registry, cfg: AtlasBuildConfig, atlas_id: str, lm: L
 def _csr_of(codes: Artifact, layer: int) -> tuple[Any, Any, Any, Any]:
     import numpy as np
 
-    from atlascli.extract import Activations
+    from atlascli.activations import Activations
 
     parts: list[list[Any]] = [[], [], [], []]
     offset = 0

@@ -61,7 +61,7 @@ def _latest_per_key(arts: list[Artifact]) -> list[Artifact]:
 def plan_bundle(registry: Registry, subject: str, layers: tuple[int, ...] | None = None,
                 methods: list[str] | None = None, atlas_ref: str | None = None, test_activations: bool = True) -> BundlePlan:
     """Select the alignments of ``subject`` (optionally only some layers / methods / one atlas) and their closure."""
-    from atlascli.extract import find_covering
+    from atlascli.activations import find_covering
 
     all_al = registry.list("alignment")
     found = [a for a in all_al if a.provenance.get("subject") == subject]
