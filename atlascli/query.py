@@ -23,6 +23,9 @@ class ConceptQuery:
     """The features the query leans on most, with label, coherence and weight."""
     examples: list[str] = field(default_factory=list)
     """For text resolved through examples: the labelling sentences found for the query."""
+    note: str | None = None
+    """What the user should know about how well the atlas covers the query (e.g. words no feature is labelled
+    with), or None."""
 
     def dense(self, width: int) -> torch.Tensor:
         """The query as a dense vector over ``width`` atlas features."""

@@ -176,7 +176,33 @@ def _text_via_examples(text: str, q: torch.Tensor, atlas: Atlas, n_examples: int
     show = qv.clamp_min(0) * lift * atlas.coherent.float()  # specific, coherent features first (all stay in q)
     shown = torch.argsort(show, descending=True)[: max(top_features, 5)].tolist()
     matches = [_match(atlas, i, float(qv[i]) / top) for i in shown]  # weight: share of the largest
-    return ConceptQuery(order, [float(qv[i]) for i in order], "text (examples)", matches, examples)
+    return ConceptQuery(order, [float(qv[i]) for i in order], "text (examples)", matches, examples,
+                        coverage_note(text, atlas, [m["label"] for m in matches]))
+
+
+def coverage_note(text: str, atlas: Atlas, leaning_on: list[str]) -> str | None:
+    """A note when some content word of ``text`` labels no coherent atlas feature (e.g. "london" in an atlas with
+    features for cities and for Britain but none for London): the query is then approximated by related concepts,
+    and the user should know. None when every word is covered."""
+    from atlascli.atlas.labels import stop_words, words
+
+    stop = stop_words()
+    asked = sorted(words(text, stop))
+    if not asked:
+        return None
+    vocab: set[str] = set()
+    for i in torch.nonzero(atlas.coherent).flatten().tolist():
+        vocab |= words(atlas.label(i), stop)
+
+    def known(w: str) -> bool:
+        return any(v in vocab for v in (w, w.rstrip("s"), w + "s", w[:-3] + "y" if w.endswith("ies") else w))
+
+    missing = [w for w in asked if not known(w)]
+    if not missing:
+        return None
+    related = ", ".join(dict.fromkeys(lab.split(":")[0].split(" (")[0] for lab in leaning_on[:4]))
+    return (f"no atlas feature is labelled {' / '.join(repr(w) for w in missing)}: the query leans on related "
+            f"concepts ({related}); an atlas with such a feature (a wider or imported one) will be more specific")
 
 
 def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 atlas=".venv/bin/atlas"
 N=${ATLAS_DEMO_SENTENCES:-12000}      # fit sentences (= the atlas's labelling sentences, so their codes are reused)
 TEST=${ATLAS_DEMO_TEST:-2000}         # held-out test sentences for the evaluation tables (the paper: 50% of 1M)
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+step() { printf '\n\033[1m== %s\033[0m  (%dm%02ds since the demo started)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "models and corpus"
 $atlas models
@@ -30,6 +30,7 @@ step "evaluation (Tables 3 and 4, $TEST test sentences)"
 $atlas evaluate quality,retrieval --subject smollm2-135m-instruct --layers 3,12,19,25 --test-limit "$TEST"
 step "registry"
 $atlas registry ls
+printf '\nthe demo took %dm%02ds\n' $((SECONDS / 60)) $((SECONDS % 60))
 cat <<'NEXT'
 
 Next, from anywhere in this checkout (the registry above is found automatically):

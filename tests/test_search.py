@@ -191,3 +191,18 @@ def test_old_atlas_loads_and_routes_text_through_labels(aligned):
     assert old.labels_version == 1 and not old.has_examples
     q = query_from_text("dog", old, threshold=-1.0)
     assert q.source == "text (labels)"
+
+
+def test_coverage_note_names_query_words_no_coherent_feature_is_labelled_with():
+    from types import SimpleNamespace
+
+    from atlascli.search import coverage_note
+
+    labels = ["city (noun.location): city, town", "british / queen", "syntax: london / the", "dog / dogs / puppy"]
+    atlas = SimpleNamespace(coherent=torch.tensor([True, True, False, True]), label=lambda i: labels[i])
+    note = coverage_note("London", atlas, labels[:2])
+    # "london" labels only an incoherent feature: not a concept the atlas carries
+    assert note is not None and "'london'" in note and "city, british / queen" in note
+    assert coverage_note("the dogs", atlas, labels[3:]) is None  # plural of a labelled word, stop word ignored
+    assert coverage_note("cities and the towns", atlas, labels[:1]) is None  # -ies -> -y
+    assert coverage_note("the of and", atlas, labels) is None  # nothing but stop words

@@ -190,17 +190,18 @@ def test_dead_atlas_features_are_reported_not_fatal():
     assert torch.all(tr.T[:, 5] == 0) and torch.isfinite(tr.T).all()
 
 
-@pytest.mark.parametrize("case", ["full", "dead", "collinear"])
+@pytest.mark.parametrize("case", ["full", "dead", "collinear", "collinear_dead"])
 def test_min_norm_solve_equals_numpy_lstsq(case: str) -> None:
-    """The Cholesky path of linreg gives numpy's minimum-norm least-squares solution (dead and collinear atlas
-    features included: the first solves the live block, the second falls back to lstsq)."""
+    """linreg's solver gives numpy's minimum-norm least-squares solution (dead and collinear atlas features
+    included: the first solves the live block by Cholesky, the second falls back to its eigendecomposition)."""
     from atlascli.translate.moments import min_norm_solve
 
     rng = np.random.default_rng(3)
     a = rng.standard_normal((600, 80)) * (rng.random((600, 80)) < 0.2)
-    if case == "dead":
+    if case in ("dead", "collinear_dead"):
         a[:, [4, 9]] = 0
-    if case == "collinear":
+    if case in ("collinear", "collinear_dead"):
         a[:, 7] = 2 * a[:, 8]
+        a[:, 20] = a[:, 21] - a[:, 22]
     g, b = a.T @ a, a.T @ rng.standard_normal((600, 30))
     np.testing.assert_allclose(min_norm_solve(g, b), np.linalg.lstsq(g, b, rcond=None)[0], rtol=1e-8, atol=1e-10)

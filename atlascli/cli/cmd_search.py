@@ -51,6 +51,8 @@ def render_query(q, at) -> None:  # type: ignore[no-untyped-def]
     console.print(qt)
     if q.examples:
         console.print("[dim]examples found for the query:[/] " + " | ".join(q.examples[:3]), highlight=False)
+    if q.note:
+        console.print(f"[yellow]note:[/] {q.note}", highlight=False)
 
 
 def search_cmd(
@@ -89,7 +91,8 @@ def search_cmd(
     res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned)
     if json_out:
         emit_json({"alignment": res.alignment, "atlas": at.id,
-                   "query": {"source": q.source, "matches": q.matches, "examples": q.examples},
+                   "query": {"source": q.source, "matches": q.matches, "examples": q.examples,
+                             "note": q.note},
                    "features": [{"index": f.index, "score": f.score,
                                  "examples": [{"activation": v, "text": t} for v, t in f.examples]}
                                 for f in res.features],

@@ -69,7 +69,8 @@ def steer_cmd(
     if json_out:
         emit_json({"subject": res.subject, "site": res.site, "layers": res.layers, "layers_default": res.layers_default,
                    "method": method, "unit": res.unit, "lambda_source": res.lambda_source, "chat": res.chat,
-                   "query": {"source": query.source, "matches": query.matches, "examples": query.examples},
+                   "query": {"source": query.source, "matches": query.matches, "examples": query.examples,
+                             "note": query.note},
                    "multipliers": {str(k): v for k, v in res.multipliers.items()},
                    "vector_norms": res.vector_norms, "site_norms": res.site_norms, "prompts": res.prompts,
                    "generations": {str(k): v for k, v in res.generations.items()},
