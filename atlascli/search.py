@@ -173,7 +173,9 @@ def _text_via_examples(text: str, q: torch.Tensor, atlas: Atlas, n_examples: int
     except Exception:  # noqa: BLE001 - showing the examples is optional (e.g. a pulled atlas without its dataset)
         examples = []
     top = float(qv[order[0]])
-    show = qv.clamp_min(0) * lift * atlas.coherent.float()  # specific, coherent features first (all stay in q)
+    # shown first: coherent features both raised by the examples and specific to them (lift squared demotes
+    # features that fire on a fifth of all sentences, such as end-of-fragment punctuation); all stay in q
+    show = qv.clamp_min(0) * lift * lift * atlas.coherent.float()
     shown = torch.argsort(show, descending=True)[: max(top_features, 5)].tolist()
     matches = [_match(atlas, i, float(qv[i]) / top) for i in shown]  # weight: share of the largest
     return ConceptQuery(order, [float(qv[i]) for i in order], "text (examples)", matches, examples,
