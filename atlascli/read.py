@@ -163,6 +163,10 @@ class ReadConfig:
     """Device of the subject model."""
     coherent_only: bool = False
     """Leave incoherent (``syntax: ...``) atlas features out of the listing (atlases with labels v2)."""
+    standardise: bool = False
+    """Rank concepts by z-score: each atlas concept's score minus its mean, over its standard deviation, across the
+    sentences the alignment was fitted on (what is unusual for this text, not what some concepts score everywhere).
+    Needs the fit's subject activations in the registry; skipped with a warning otherwise."""
 
 
 @dataclass(frozen=True)
@@ -265,12 +269,52 @@ def read_text(cfg: ReadConfig, registry: Registry | None = None, lm: Any | None 
         warnings.append(f"the text has {run.n_tokens_full} tokens, more than {why} ({max_len}): "
                         f"only the first {len(run.token_ids)} were read")
     pos = torch.nonzero(run.real).flatten().tolist()
-    layers = [_read_layer(a, run, pos, cfg, registry) for a in arts]
+    layers = [_read_layer(a, run, pos, cfg, registry, warnings) for a in arts]
     return ReadResult(cfg.text, subject, layers[-1].atlas, len(run.token_ids),
                       truncated, [run.tokens[i] for i in pos], [run.offsets[i] for i in pos], layers, warnings)
 
 
-def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, registry: Registry) -> LayerReading:
+def score_scale(art: Artifact, tr: StoredTranslation, transform: InputTransform,
+                registry: Registry) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Mean and standard deviation [dc] of every atlas concept's score over the sentences ``art`` was fitted on
+    (their max-pooled subject rows through ``transform`` and T^T); None when those activations are not in the
+    registry. Computed once per alignment and transform (a few seconds), then cached under $ATLAS_HOME/cache."""
+    from atlascli.activations import Activations
+    from atlascli.paths import atlas_home
+    from atlascli.registry.files import atomic_save_tensors, load_tensors
+
+    kind = transform.kind + ("+centre" if transform.offset is not None else "")
+    path = atlas_home() / "cache" / "read-scale" / f"{art.id}-{kind}.safetensors"
+    if path.exists():
+        try:
+            t = load_tensors(path)
+            return t["mean"], t["std"]
+        except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
+            path.unlink(missing_ok=True)
+    layer, p = int(art.provenance["layer"]), art.provenance
+    for pid in art.parents:
+        if not registry.exists(pid, "activations"):
+            continue
+        cand = registry.get(pid, "activations")
+        cp = cand.provenance
+        if cp.get("model") != p.get("subject") or layer not in cp.get("layers", []) or cp.get("sparse"):
+            continue
+        n, total, sq = 0, torch.zeros(tr.dc, dtype=torch.float64), torch.zeros(tr.dc, dtype=torch.float64)
+        for shard in Activations(cand).shards(layer):
+            sc = map_to_atlas(tr, transform(shard.to_dense())).double()
+            n, total, sq = n + sc.shape[0], total + sc.sum(0), sq + (sc * sc).sum(0)
+        if n < 2:
+            return None
+        mean = total / n
+        std = ((sq - total * mean) / (n - 1)).clamp_min(0).sqrt()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_tensors(path, {"mean": mean.float(), "std": std.float()})
+        return mean.float(), std.float()
+    return None
+
+
+def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, registry: Registry,
+                warnings: list[str]) -> LayerReading:
     layer = int(art.provenance["layer"])
     atlas = alignment_atlas(art, registry)
     tr = StoredTranslation.from_artifact(art)
@@ -279,6 +323,19 @@ def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, regist
     pooled = acts.max(0, keepdim=True).values
     x = torch.cat([pooled, acts]) if cfg.per_token else pooled
     scores = map_to_atlas(tr, transform(x))
+    z = False
+    if cfg.standardise:
+        scale = score_scale(art, tr, transform, registry)
+        if scale is None:
+            warnings.append(f"layer {layer}: the fit's activations are not in the registry, so concepts are ranked "
+                            "by raw score (--no-standardise silences this)")
+        else:
+            mean, std = scale
+            # concepts constant over the fit's sentences (a zero column of T, up to rounding) score 0: they say
+            # nothing about this text
+            live = std > 1e-6 * float(std.max())
+            scores = torch.where(live, (scores - mean) / std.clamp_min(1e-12), torch.zeros_like(scores))
+            z = True
     concepts = top_concepts(scores[0], cfg.top, atlas, cfg.coherent_only)
     tokens: list[TokenReading] = []
     highlight: dict[int, list[float]] = {}
@@ -288,7 +345,7 @@ def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, regist
             tokens.append(TokenReading(p, run.tokens[p], run.offsets[p],
                                        top_concepts(per[j], cfg.token_top, atlas, cfg.coherent_only)))
         highlight = {c.index: per[:, c.index].tolist() for c in concepts}
-    kind = transform.kind + ("+centre" if transform.offset is not None else "")
+    kind = transform.kind + ("+centre" if transform.offset is not None else "") + ("+z" if z else "")
     return LayerReading(layer, art.id, atlas.id if atlas else art.provenance.get("atlas"), str(art.provenance.get("method")),
                         kind, concepts, tokens, highlight)
 

@@ -187,7 +187,48 @@ def test_read_cli_on_tiny_atlas(aligned, tmp_path, capsys) -> None:
         assert data["atlas"] == atlas.id and lr["method"] == method and len(lr["concepts"]) == 4
         assert [c["label"] for c in lr["concepts"]] == [atlas.label(c["index"]) for c in lr["concepts"]]
     assert main(["read", "--file", str(f), "--centre", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["transform"] == "row-l2+centre+z"
+    assert main(["read", "--file", str(f), "--centre", "--no-standardise", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["transform"] == "row-l2+centre"
     assert main(["read", "The dog and the cat met a London night today.", "--per-token", "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert "per token" in text and "where the top concepts are active" in text and "'dog'" in text
+
+
+def test_read_standardised_scores_are_z_scores_over_the_fit_sentences(aligned) -> None:
+    """--standardise: each concept's score minus its mean over the fit's sentences, over their standard deviation
+    (numpy reference from the parent activations and the stored T); the scale is cached and reused."""
+    from atlascli.activations import Activations
+    from atlascli.paths import atlas_home
+    from atlascli.translate import StoredTranslation
+
+    atlas, fits = aligned
+    reg = Registry()
+    proc = next(a for a in fits if a.provenance["method"] == "procrustes")
+    parent = next(Activations(reg.get(p)) for p in proc.parents
+                  if reg.get(p).provenance.get("model") == proc.provenance["subject"])
+    X = parent.dense(2).double().numpy()
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    tr = StoredTranslation.from_artifact(proc)
+    T = tr.rows(list(range(tr.dc))).double().numpy().T  # [ds, dc]
+    S = (Xn - Xn.mean(0)) @ T
+    mean, std = S.mean(0), S.std(0, ddof=1)
+    text = "The dog and the cat met a London night today."
+    width = atlas.width
+    raw = read_text(ReadConfig(text, layers=(2,), centre=True, top=width))
+    z = read_text(ReadConfig(text, layers=(2,), centre=True, top=width, standardise=True))
+    assert z.layers[0].transform == "row-l2+centre+z" and raw.layers[0].transform == "row-l2+centre"
+    r = np.zeros(width)
+    for c in raw.layers[0].concepts:
+        r[c.index] = c.value
+    live = std > 1e-6 * std.max()  # constant concepts (zero columns of T) score 0
+    want = np.where(live, (r - mean) / np.where(live, std, 1), 0.0)
+    got = np.zeros(width)
+    for c in z.layers[0].concepts:
+        got[c.index] = c.value
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert list(np.argsort(-want, kind="stable")[:3]) == [c.index for c in z.layers[0].concepts[:3]]
+    cached = list((atlas_home() / "cache" / "read-scale").glob(f"{proc.id}-*.safetensors"))
+    assert len(cached) == 1
+    again = read_text(ReadConfig(text, layers=(2,), centre=True, top=5, standardise=True))
+    assert [c.index for c in again.layers[0].concepts] == [c.index for c in z.layers[0].concepts[:5]]

@@ -159,6 +159,9 @@ def read_cmd(
                                        help="Subtract the fit's average subject row: what is specific to this text "
                                             "(default: when the fit's activations are in the registry)."),
     include_incoherent: bool = typer.Option(False, help="Also list incoherent (syntax) atlas features."),
+    standardise: bool = typer.Option(True, "--standardise/--no-standardise",
+                                     help="Rank concepts by z-score against the fit's sentences (what is unusual "
+                                          "for this text), or by raw score."),
     max_tokens: int | None = typer.Option(None, help="Truncate to this many tokens (default: the model's context)."),
     device: str = typer.Option("cpu", help="Device of the subject model."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -174,7 +177,8 @@ def read_cmd(
         text = file.read_text(encoding="utf-8")
     assert text is not None
     cfg = ReadConfig(text, parse_ints(layers, "layers") if layers else None, subject, method, atlas, top, per_token,
-                     centre, token_top, max_tokens, device, coherent_only=not include_incoherent)
+                     centre, token_top, max_tokens, device, coherent_only=not include_incoherent,
+                     standardise=standardise)
     with err.status("reading", spinner="dots") if not json_out else _null():
         res = read_text(cfg)
     for w in res.warnings:
