@@ -166,7 +166,8 @@ class ReadConfig:
     standardise: bool = False
     """Rank concepts by z-score: each atlas concept's score minus its mean, over its standard deviation, across the
     sentences the alignment was fitted on (what is unusual for this text, not what some concepts score everywhere).
-    Needs the fit's subject activations in the registry; skipped with a warning otherwise."""
+    Needs the fit's subject activations in the registry; skipped with a warning otherwise. Per-token rows use the
+    same (pooled) scale, an approximation like ``centre``'s."""
 
 
 @dataclass(frozen=True)
