@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from atlascli.errors import InputError
 from atlascli.plan import (
     EFFICIENCY,
+    GENERATION_EFFICIENCY,
     Plan,
     Step,
     extract_seconds,
@@ -163,7 +164,7 @@ def _steering_step(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, info: 
     gens = (n_methods + 1) * columns * n_concepts * n_lams * n_prompts + n_concepts * n_prompts
     tokens = gens * cfg.max_new_tokens
     per_token = 2.0 * info.params_per_layer * info.n_layers
-    secs = 20.0 + tokens * per_token / (machine_gflops(cfg.device) * EFFICIENCY * 0.25 * 1e9)
+    secs = 20.0 + tokens * per_token / (machine_gflops(cfg.device) * GENERATION_EFFICIENCY * 1e9)
     return Step("generate", f"{gens:,} steered generations x {cfg.max_new_tokens} tokens by {info.name} "
                             f"({n_methods + 1} methods x {columns} columns x {n_concepts} concepts x {n_lams} lambdas x "
                             f"{n_prompts} prompts), judged by {cfg.judge} (~{fmt_seconds(secs)}, rough)",
