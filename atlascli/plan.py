@@ -34,9 +34,10 @@ EFFICIENCY = 0.75
 """Fraction of the calibrated matmul rate that a batched, padded, pooled forward pass reaches (CPU). Measured
 here: 0.77-0.90 of the matmul peak (bench/extract.py), 0.88 for the demo's first atlas build (Gemma 3 270M, 12k
 sentences: 174 s against 438 s estimated with the earlier 0.35); SAE training took 98 s against 3 min estimated."""
-GENERATION_EFFICIENCY = 0.0875
-"""The same for token-by-token generation (steering evaluation), kept at its earlier value (0.35 x 0.25): not
-re-measured on an idle machine."""
+GENERATION_EFFICIENCY = 0.06
+"""The same for token-by-token generation (steering evaluation): bench/steer.py measures 52.75 tokens/s for SmolLM2
+(0.21 GFLOP a token, 11 GFLOP/s) on a machine calibrated at about 186 GFLOP/s. The earlier 0.0875 estimated a
+15.7-min steering evaluation (cores shared) at 5 min."""
 CHARS_PER_TOKEN = 4.2
 """English prose, for token counts from a dataset's mean sentence length."""
 MAX_POOLED_CODES = 512
