@@ -162,3 +162,26 @@ def test_assembled_file_is_checked_before_publishing(tmp_path):
     assert build_cache_file(target, lambda p: p.write_bytes(data), sha) == sha and target.read_bytes() == data
     target.write_bytes(data[:-1])  # damaged later: rebuilt on next use
     assert build_cache_file(target, lambda p: p.write_bytes(data), sha) == sha and target.read_bytes() == data
+
+
+def test_gguf_is_parsed_once_inside_the_dequantise_block(monkeypatch, tmp_path):
+    """transformers builds a GGUFReader for the tokenizer, the config and the weights: inside the block the reader of
+    one file is built once and shared; outside, gguf.GGUFReader is the original again."""
+    import gguf
+
+    from atlascli.models import _gguf_parsed_once
+
+    built: list[str] = []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            built.append(str(path))
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    with _gguf_parsed_once():
+        from gguf import GGUFReader  # the way transformers imports it, inside its function
+
+        first, again, other = GGUFReader(a), GGUFReader(str(a)), GGUFReader(b)
+    assert first is again and other is not first and built == [str(a), str(b)]
+    assert gguf.GGUFReader is Reader
