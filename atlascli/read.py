@@ -9,6 +9,7 @@ tokens first, as extraction did for fitting; per token: each token's a_s.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,8 +85,9 @@ class SubjectStats:
     """Rows."""
 
 
-def subject_stats(art: Artifact, registry: Registry) -> SubjectStats:
-    """Statistics of the subject activations the alignment was fitted on (its parent artifact; float64, streamed)."""
+def fit_activations(art: Artifact, registry: Registry) -> Iterator[Any]:
+    """Readers of the dense subject activations an alignment was fitted on (its parent artifacts in the registry
+    that hold its subject at its layer), in parent order."""
     from atlascli.activations import Activations
 
     p = art.provenance
@@ -96,15 +98,23 @@ def subject_stats(art: Artifact, registry: Registry) -> SubjectStats:
         cand = registry.get(pid, "activations")
         cp = cand.provenance
         if cp.get("model") == p.get("subject") and layer in cp.get("layers", []) and not cp.get("sparse"):
-            n, width = 0, int(cand.meta["widths"][str(layer)])
-            s, sq, sn = (torch.zeros(width, dtype=torch.float64) for _ in range(3))
-            for shard in Activations(cand).shards(layer):
-                d = shard.to_dense().double()
-                n += d.shape[0]
-                s, sq, sn = s + d.sum(0), sq + (d * d).sum(0), sn + _row_l2(d).sum(0)
-            if n >= 2:
-                var = (sq - s * s / n) / (n - 1)
-                return SubjectStats(s / n, var.clamp_min(0).sqrt(), sn / n, n)
+            yield Activations(cand)
+
+
+def subject_stats(art: Artifact, registry: Registry) -> SubjectStats:
+    """Statistics of the subject activations the alignment was fitted on (its parent artifact; float64, streamed)."""
+    p = art.provenance
+    layer = int(p["layer"])
+    for acts in fit_activations(art, registry):
+        n, width = 0, acts.widths[layer]
+        s, sq, sn = (torch.zeros(width, dtype=torch.float64) for _ in range(3))
+        for shard in acts.shards(layer):
+            d = shard.to_dense().double()
+            n += d.shape[0]
+            s, sq, sn = s + d.sum(0), sq + (d * d).sum(0), sn + _row_l2(d).sum(0)
+        if n >= 2:
+            var = (sq - s * s / n) / (n - 1)
+            return SubjectStats(s / n, var.clamp_min(0).sqrt(), sn / n, n)
     raise NotFoundError(f"the subject activations {art.id} was fitted on are not in the registry; "
                         f"{p.get('method')} needs their statistics to transform inputs",
                         "re-run the same `atlas fit`" + (", or drop --centre" if p.get("method") not in ("cov", "corr")
@@ -280,7 +290,6 @@ def score_scale(art: Artifact, tr: StoredTranslation, transform: InputTransform,
     """Mean and standard deviation [dc] of every atlas concept's score over the sentences ``art`` was fitted on
     (their max-pooled subject rows through ``transform`` and T^T); None when those activations are not in the
     registry. Computed once per alignment and transform (a few seconds), then cached under $ATLAS_HOME/cache."""
-    from atlascli.activations import Activations
     from atlascli.paths import atlas_home
     from atlascli.registry.files import atomic_save_tensors, load_tensors
 
@@ -292,26 +301,20 @@ def score_scale(art: Artifact, tr: StoredTranslation, transform: InputTransform,
             return t["mean"], t["std"]
         except Exception:  # noqa: BLE001 - a damaged cache file is recomputed
             path.unlink(missing_ok=True)
-    layer, p = int(art.provenance["layer"]), art.provenance
-    for pid in art.parents:
-        if not registry.exists(pid, "activations"):
-            continue
-        cand = registry.get(pid, "activations")
-        cp = cand.provenance
-        if cp.get("model") != p.get("subject") or layer not in cp.get("layers", []) or cp.get("sparse"):
-            continue
-        n, total, sq = 0, torch.zeros(tr.dc, dtype=torch.float64), torch.zeros(tr.dc, dtype=torch.float64)
-        for shard in Activations(cand).shards(layer):
-            sc = map_to_atlas(tr, transform(shard.to_dense())).double()
-            n, total, sq = n + sc.shape[0], total + sc.sum(0), sq + (sc * sc).sum(0)
-        if n < 2:
-            return None
-        mean = total / n
-        std = ((sq - total * mean) / (n - 1)).clamp_min(0).sqrt()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_tensors(path, {"mean": mean.float(), "std": std.float()})
-        return mean.float(), std.float()
-    return None
+    acts = next(fit_activations(art, registry), None)
+    if acts is None:
+        return None
+    layer = int(art.provenance["layer"])
+    n, total, sq = 0, torch.zeros(tr.dc, dtype=torch.float64), torch.zeros(tr.dc, dtype=torch.float64)
+    for shard in acts.shards(layer):
+        sc = map_to_atlas(tr, transform(shard.to_dense())).double()
+        n, total, sq = n + sc.shape[0], total + sc.sum(0), sq + (sc * sc).sum(0)
+    if n < 2:
+        return None
+    mean = total / n
+    std = ((sq - total * mean) / (n - 1)).clamp_min(0).sqrt()
+    atomic_save_tensors(path, {"mean": mean.float(), "std": std.float()})  # (creates the cache folder)
+    return mean.float(), std.float()
 
 
 def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, registry: Registry,
