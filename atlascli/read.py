@@ -128,7 +128,7 @@ def transform_for(art: Artifact, registry: Registry, centre: bool | None = False
     centre already); ``None`` centres when those statistics are in the registry and skips it otherwise.
     """
     kind = METHOD_TRANSFORM.get(str(art.provenance.get("method")), "none")
-    if kind in ("row-l2", "none") and not centre:
+    if kind in ("row-l2", "none") and centre is False:
         return InputTransform(kind)
     try:
         st = subject_stats(art, registry)
@@ -137,9 +137,9 @@ def transform_for(art: Artifact, registry: Registry, centre: bool | None = False
             return InputTransform(kind)  # auto: nothing to centre with (e.g. a pulled bundle without fit data)
         raise
     offset = None
-    if centre and kind == "row-l2":
+    if centre is not False and kind == "row-l2":
         offset = st.mean_normalised
-    elif centre and kind == "none":
+    elif centre is not False and kind == "none":
         offset = st.mean
     return InputTransform(kind, st.mean, st.std, offset)
 
@@ -322,7 +322,9 @@ def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, regist
     layer = int(art.provenance["layer"])
     atlas = alignment_atlas(art, registry)
     tr = StoredTranslation.from_artifact(art)
-    transform = transform_for(art, registry, cfg.centre)
+    # z-scores subtract each concept's mean over the fit's sentences, which centring would only shift: auto (None)
+    # centres raw scores only
+    transform = transform_for(art, registry, False if cfg.centre is None and cfg.standardise else cfg.centre)
     acts = run.acts[layer][pos]  # [n_real, ds]
     pooled = acts.max(0, keepdim=True).values
     x = torch.cat([pooled, acts]) if cfg.per_token else pooled

@@ -174,6 +174,8 @@ def test_read_cli_on_tiny_atlas(aligned, tmp_path, capsys) -> None:
     tp = transform_for(proc, reg, centre=True)
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     assert tp.kind == "row-l2" and transform_for(proc, reg).offset is None
+    auto = transform_for(proc, reg, centre=None)  # the CLI default: centre when the fit's data is in the registry
+    np.testing.assert_allclose(auto.offset.numpy(), Xn.mean(0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(tp.offset.numpy(), Xn.mean(0), rtol=1e-6, atol=1e-9)
     assert transform_for(cov, reg, centre=True).offset is None  # cov centres already
     f = tmp_path / "t.txt"
@@ -190,6 +192,10 @@ def test_read_cli_on_tiny_atlas(aligned, tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["layers"][0]["transform"] == "row-l2+centre+z"
     assert main(["read", "--file", str(f), "--centre", "--no-standardise", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"][0]["transform"] == "row-l2+centre"
+    assert main(["read", "--file", str(f), "--no-standardise", "--json"]) == 0  # default: centred raw scores
+    assert json.loads(capsys.readouterr().out)["layers"][0]["transform"] == "row-l2+centre"
+    assert main(["read", "--file", str(f), "--json"]) == 0  # z-scores: centring would be a shift, so skipped
+    assert json.loads(capsys.readouterr().out)["layers"][0]["transform"] == "row-l2+z"
     assert main(["read", "The dog and the cat met a London night today.", "--per-token", "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert "per token" in text and "where the top concepts are active" in text and "'dog'" in text

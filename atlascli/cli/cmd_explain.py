@@ -157,7 +157,8 @@ def read_cmd(
     token_top: int = typer.Option(3, help="Concepts per token."),
     centre: bool | None = typer.Option(None, "--centre/--no-centre",
                                        help="Subtract the fit's average subject row: what is specific to this text "
-                                            "(default: when the fit's activations are in the registry)."),
+                                            "(default: with --no-standardise, when the fit's activations are in the "
+                                            "registry; z-scores are centred already)."),
     include_incoherent: bool = typer.Option(False, help="Also list incoherent (syntax) atlas features."),
     standardise: bool = typer.Option(True, "--standardise/--no-standardise",
                                      help="Rank concepts by z-score against the fit's sentences (what is unusual "
