@@ -6,7 +6,11 @@ deduplicates blobs) and alternates which side goes first. Writes bench/results/h
     python bench/hub.py --mb 900 --rounds 2      # full size (about 4 x 900 MB on disk while running)
     python bench/hub.py --mb 20 --rounds 1       # quick check
 
-Targets: publish and pull each >= 0.9x raw throughput; verification adds <= 10%.
+Targets: publish and pull each >= 0.9x raw throughput; verification adds <= 10%. What verification adds is
+bounded above by everything the atlas pull spends beyond the raw download (it also places files and reads
+manifests): (atlas pull - raw pull) / raw pull. A pull hashes each LFS file while it downloads
+(atlascli/registry/tailhash.py), so only the hashing the download does not hide shows; the time of a separate
+sha256 pass over the same files is reported beside it (``hash_pass_seconds``).
 """
 
 from __future__ import annotations
@@ -111,7 +115,8 @@ def one_round(work: Path, atlas_first: bool) -> dict[str, float]:
         for pair in ((atlas_publish, raw_publish), (atlas_pull, raw_pull)):
             for fn in (pair if atlas_first else pair[::-1]):
                 fn()
-        # verification alone: the sha256 pass over what was pulled, same files, warm page cache
+        # a separate sha256 pass over what was pulled (same files, warm page cache): what hashing after the
+        # download would cost
         s = time.perf_counter()
         bundle_mod.verify_all(Registry().list())
         t["verify_s"] = time.perf_counter() - s
@@ -152,9 +157,11 @@ def main() -> None:
         "atlas_pull_MBps": mbs / med["atlas_pull_s"], "raw_pull_MBps": mbs / med["raw_pull_s"],
         "publish_ratio_atlas_over_raw": med["raw_publish_s"] / med["atlas_publish_s"],
         "pull_ratio_atlas_over_raw": med["raw_pull_s"] / med["atlas_pull_s"],
-        "verify_seconds": med["verify_s"],
-        "verification_overhead_of_raw_pull": med["verify_s"] / med["raw_pull_s"],
-        "pull_overhead_of_raw_pull": (med["atlas_pull_s"] - med["raw_pull_s"]) / med["raw_pull_s"],
+        "hash_pass_seconds": med["verify_s"],
+        "hash_pass_of_raw_pull": med["verify_s"] / med["raw_pull_s"],
+        "verification_overhead_of_raw_pull": max(0.0, (med["atlas_pull_s"] - med["raw_pull_s"]) / med["raw_pull_s"]),
+        "verification_overhead_definition": "upper bound: (atlas pull - raw pull) / raw pull; atlas hashes every "
+                                            "file (LFS files while they download) and places them in the registry",
         "targets": {"publish_ratio": ">= 0.9", "pull_ratio": ">= 0.9", "verification_overhead": "<= 0.10"},
         "rounds_seconds": rounds})
 

@@ -93,8 +93,14 @@ def test_publish_then_pull_synthetic_bundle(hub, tmp_path, monkeypatch, capsys):
     assert "library_name: atlascli" in card and "atlas-alignment" in card and f"base_model: {SUBJECT}" in card
     assert "atlas pull me/tiny-atlas" in card and "r2" in card
     assert all(TOKEN.encode() not in data for data in files.values())
+    from atlascli.registry import bundle
+
+    hashed: list[str] = []
+    real = bundle.sha256_file
+    monkeypatch.setattr(bundle, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
     code, out, err = run(capsys, "pull", "me/tiny-atlas", "--json")
     assert code == 0, err
+    assert hashed and not any(n.endswith(".safetensors") for n in hashed)  # LFS files were hashed as they arrived
     got = json.loads(out)
     assert got["commit"] == res.commit and {a["id"] for a in got["added"]} == set(ids.values())
     reg = Registry()

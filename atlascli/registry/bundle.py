@@ -230,14 +230,14 @@ def pull(repo_id: str, revision: str | None = None, registry: Registry | None = 
         raise NotFoundError(f"{repo_id} is not an atlas bundle (it has no {BUNDLE_INDEX})",
                             "a single artifact pushed with `atlas registry push` is pulled with `atlas registry pull REPO ID`")
     got: dict[str, Path] = {}
-    hub.download_files(repo_id, commit, [BUNDLE_INDEX], got.__setitem__)
+    hub.download_files(repo_id, commit, [BUNDLE_INDEX], lambda n, p, _: got.__setitem__(n, p))
     index, entries = check_index(read_json_file(got[BUNDLE_INDEX], BUNDLE_INDEX))
     names = [f"{e.folder}/{MANIFEST}" for e in entries]
     missing = [n for n in names if n not in sizes]
     if missing:
         raise CorruptArtifactError(f"{repo_id}: the bundle lists {missing[0]} but the repo has no such file",
                                    "ask the publisher to republish")
-    hub.download_files(repo_id, commit, names, got.__setitem__)
+    hub.download_files(repo_id, commit, names, lambda n, p, _: got.__setitem__(n, p))
     manifests = {e.id: check_manifest(read_json_file(got[f"{e.folder}/{MANIFEST}"], e.folder), e) for e in entries}
     todo: list[RemoteEntry] = []
     present: list[dict[str, str]] = []
@@ -267,11 +267,11 @@ def pull(repo_id: str, revision: str | None = None, registry: Registry | None = 
     done = [0]
     lock = threading.Lock()
 
-    def check(name: str, path: Path) -> None:
+    def check(name: str, path: Path, streamed: str | None) -> None:
         e, rel, meta = jobs[name]
         dest = incoming / e.kind / e.id / rel
         _place(path, dest)
-        if dest.stat().st_size != meta["bytes"] or sha256_file(dest) != meta["sha256"]:
+        if dest.stat().st_size != meta["bytes"] or (streamed != meta["sha256"] and sha256_file(dest) != meta["sha256"]):
             hub.drop_cached(path)
             raise CorruptArtifactError(f"{repo_id}: {name} does not match its checksum (tampered or corrupted); "
                                        "the download was removed and the registry left unchanged", "pull again later, "
@@ -283,7 +283,9 @@ def pull(repo_id: str, revision: str | None = None, registry: Registry | None = 
 
     moved: list[Path] = []
     try:
-        hub.download_files(repo_id, commit, list(jobs), check)
+        # LFS blobs are cached under their sha256, so the digest each file should have names its download
+        hub.download_files(repo_id, commit, list(jobs), check,
+                           expect={name: (m["sha256"], m["bytes"]) for name, (_, _, m) in jobs.items()})
         for e in todo:
             folder = incoming / e.kind / e.id
             folder.mkdir(parents=True, exist_ok=True)

@@ -231,22 +231,33 @@ def resolve_commit(repo_id: str, revision: str | None) -> tuple[str, dict[str, i
     return commit, {f.path: int(f.size) for f in tree if isinstance(f, RepoFile)}
 
 
-def download_files(repo_id: str, commit: str, names: list[str], on_file: Callable[[str, Path], None],
-                   workers: int = 8) -> None:
+def download_files(repo_id: str, commit: str, names: list[str], on_file: Callable[[str, Path, str | None], None],
+                   workers: int = 8, expect: dict[str, tuple[str, int]] | None = None) -> None:
     """Download files of one commit through the HF cache (resumable, token handled by huggingface_hub) and
-    hand each one to ``on_file(name, path)`` as soon as it is there, so checking overlaps downloading."""
+    hand each one to ``on_file(name, path, sha256)`` as soon as it is there, so checking overlaps downloading.
+    ``expect`` (name -> sha256, bytes) hashes those files while they download (:class:`TailHasher`); ``sha256`` is
+    that digest, or None where it could not be proven to be the final file's (the caller then hashes it)."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.file_download import repo_folder_name
     from huggingface_hub.utils import disable_progress_bars
 
+    from atlascli.registry.tailhash import TailHasher
+
     disable_progress_bars()
+    blobs = Path(cache_dir() or HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "blobs"
 
     def one(name: str) -> None:
+        tail = TailHasher(blobs, *expect[name]).start() if expect and name in expect else None
+        path: Path | None = None
         try:
-            path = with_retries(lambda: hf_hub_download(repo_id, name, revision=commit, endpoint=endpoint(),
-                                                        cache_dir=cache_dir(), token=token_or_none()))
+            path = Path(with_retries(lambda: hf_hub_download(repo_id, name, revision=commit, endpoint=endpoint(),
+                                                             cache_dir=cache_dir(), token=token_or_none())))
         except Exception as exc:
             raise hub_error(exc, repo_id, "download from") from exc
-        on_file(name, Path(path))
+        finally:
+            digest = tail.finish(path) if tail else None
+        on_file(name, path, digest)
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
         for fut in [pool.submit(one, n) for n in names]:
