@@ -39,7 +39,7 @@ bench: setup
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/steer.py
 	$(BIN)/python bench/cli.py
-	$(BIN)/python bench/hub.py
+	$(BIN)/python bench/hub.py --rounds 7
 	$(BIN)/python bench/distributed.py
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py   # these two need `make demo` first
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/steer_sweep.py --layer-sets 3,12,19,25 --concepts all
