@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from atlascli.atlas.build import atlas_dtype
 from atlascli.distributed import world
 from atlascli.errors import InputError, NotFoundError
 from atlascli.extract import Activations, ExtractConfig, extract
@@ -68,10 +69,12 @@ class FitConfig:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}",
                                  f"e.g. --{name.replace('_', '-')} 2048")
 
-    def extraction(self, model: str, layers: tuple[int, ...], site: str, sae: str | None = None) -> ExtractConfig:
-        """The extraction this fit runs (or reuses) for one side: its training sentences, device, dtype, shards."""
+    def extraction(self, model: str, layers: tuple[int, ...], site: str, sae: str | None = None,
+                   dtype: str | None = None) -> ExtractConfig:
+        """The extraction this fit runs (or reuses) for one side: its training sentences, device, dtype (``--dtype``
+        unless given: an atlas's codes run in the atlas's own dtype), shards."""
         return ExtractConfig(model=model, layers=layers, site=site, dataset=self.dataset, split="train", sae=sae,
-                             limit=self.limit, device=self.device, dtype=self.dtype, shard_size=self.shard_size,
+                             limit=self.limit, device=self.device, dtype=dtype or self.dtype, shard_size=self.shard_size,
                              batch_tokens=self.batch_tokens)
 
 
@@ -113,7 +116,8 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
     weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE (and alignments) with the original
     if weights != art.id and registry.exists(weights, "atlas"):
         art = registry.get(weights, "atlas")
-    acts_art = extract(cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id), registry, progress)
+    acts_art = extract(cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id,
+                                      dtype=atlas_dtype(art.provenance)), registry, progress)
     return (Activations(acts_art), int(p["layer"]),
             {"atlas": art.id, "atlas_version": art.manifest["created"], "atlas_kind": "sae"})
 

@@ -127,14 +127,15 @@ def fmt_seconds(s: float) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def machine_gflops(device: str = "cpu") -> float:
-    """Measured float32 matmul rate of this machine (about 0.1 s, once per process)."""
+def machine_gflops(device: str = "cpu", dtype: str = "float32") -> float:
+    """Measured matmul rate of this machine in ``dtype`` (about 0.1 s, once per process and dtype)."""
     import torch
 
     from atlascli.models import resolve_device
 
     dev = resolve_device(device)
-    a, b = torch.randn(512, 1024, device=dev), torch.randn(1024, 1024, device=dev)
+    dt = getattr(torch, dtype)
+    a, b = torch.randn(512, 1024, device=dev, dtype=dt), torch.randn(1024, 1024, device=dev, dtype=dt)
     reps = 4
     for _ in range(2):
         a @ b
@@ -162,16 +163,24 @@ def _throughputs(registry: Registry, device: str, **match: Any) -> list[tuple[Ar
     return out
 
 
-def measured_rate(registry: Registry, model: str, device: str, sae: bool) -> tuple[float, int, str] | None:
+def measured_rate(registry: Registry, model: str, device: str, sae: bool,
+                  dtype: str = "float32") -> tuple[float, int, str] | None:
     """(sentences/s, deepest layer, artifact id) of the newest extraction of ``model`` on this device type
-    (one with an SAE when ``sae``, if there is one)."""
-    hits = [(float(t["sentences_per_s"]), int(t["deepest_layer"]), art.id, bool(t.get("sae")) == sae)
-            for art, t in _throughputs(registry, device, model=model)]
-    best = [h for h in hits if h[3]] or hits
-    return best[0][:3] if best else None
+    (one in ``dtype`` and with an SAE when ``sae``, if there is one; a rate measured in another dtype is scaled by
+    this machine's matmul rates in the two dtypes)."""
+    hits = [(float(t["sentences_per_s"]), int(t["deepest_layer"]), art.id, bool(t.get("sae")) == sae,
+             str(t.get("dtype") or "float32")) for art, t in _throughputs(registry, device, model=model)]
+    if not hits:
+        return None
+    best = ([h for h in hits if h[3] and h[4] == dtype] or [h for h in hits if h[4] == dtype]
+            or [h for h in hits if h[3]] or hits)[0]
+    rate = best[0]
+    if best[4] != dtype:
+        rate *= machine_gflops(device, dtype) / machine_gflops(device, best[4])
+    return rate, best[1], best[2]
 
 
-def machine_rate(registry: Registry, device: str) -> tuple[float, str] | None:
+def machine_rate(registry: Registry, device: str, dtype: str = "float32") -> tuple[float, str] | None:
     """Effective FLOP/s of the newest measured extraction of a zoo or local model here (tokens/s x FLOPs/token)."""
     from pathlib import Path
 
@@ -189,7 +198,11 @@ def machine_rate(registry: Registry, device: str) -> tuple[float, str] | None:
         per_token = 2.0 * info.params_per_layer * (int(t["deepest_layer"]) + 1)
         if t.get("sae"):
             per_token += 2.0 * info.width(site) * int(next(iter(art.meta["widths"].values())))
-        return float(t["tokens_per_s"]) * per_token, f"scaled from {slug(model)} measured here ({art.id})"
+        rate = float(t["tokens_per_s"]) * per_token
+        measured_dtype = str(t.get("dtype") or "float32")
+        if measured_dtype != dtype:
+            rate *= machine_gflops(device, dtype) / machine_gflops(device, measured_dtype)
+        return rate, f"scaled from {slug(model)} measured here ({art.id})"
     return None
 
 
@@ -206,12 +219,13 @@ def tokens_per_sentence(dataset: Artifact, max_length: int = 128) -> float:
 
 
 def extract_seconds(registry: Registry, info: ModelInfo, n: int, deepest: int, device: str, dataset: Artifact,
-                    sae_shape: tuple[int, int] | None, max_length: int = 128) -> tuple[float, str]:
+                    sae_shape: tuple[int, int] | None, max_length: int = 128,
+                    dtype: str = "float32") -> tuple[float, str]:
     """Seconds to push ``n`` sentences through ``info`` up to ``deepest`` (and an SAE), and the basis."""
     load = 5.0 if info.ready else 60.0
     if n <= 0:
         return 0.0, "nothing to run"
-    hit = measured_rate(registry, info.name, device, sae_shape is not None)
+    hit = measured_rate(registry, info.name, device, sae_shape is not None, dtype)
     if hit is not None:
         rate, old_deepest, art_id = hit
         rate *= (old_deepest + 1) / (deepest + 1)
@@ -220,10 +234,10 @@ def extract_seconds(registry: Registry, info: ModelInfo, n: int, deepest: int, d
     if sae_shape is not None:
         per_token += 2.0 * sae_shape[0] * sae_shape[1]
     tokens = n * tokens_per_sentence(dataset, max_length)
-    scaled = machine_rate(registry, device)
+    scaled = machine_rate(registry, device, dtype)
     if scaled is not None:
         return load + tokens * per_token / scaled[0], scaled[1]
-    gflops = machine_gflops(device) * EFFICIENCY
+    gflops = machine_gflops(device, dtype) * EFFICIENCY
     return (load + tokens * 1.15 * per_token / (gflops * 1e9),  # 1.15: padding
             f"rough: no earlier run here, calibrated {gflops:,.0f} GFLOP/s")
 
@@ -315,7 +329,7 @@ def extract_step(cfg: ExtractConfig, registry: Registry, info: ModelInfo | None 
     left = n - done
     sae_shape = (info.width(cfg.site), sae_width or 4096) if cfg.sae else None
     step.seconds, step.basis = extract_seconds(registry, info, left, max(cfg.layers), cfg.device, dataset, sae_shape,
-                                               cfg.max_length)
+                                               cfg.max_length, cfg.dtype)
     step.sentences = left
     if partial:
         step.action, step.artifact = "resume", partial

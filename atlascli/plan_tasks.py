@@ -32,7 +32,7 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
     from atlascli.corpus import resolve_dataset
 
     registry = registry or Registry()  # SAE shape and counts: checked by AtlasBuildConfig itself
-    check_runtime(cfg.device, "float32")
+    check_runtime(cfg.device, cfg.dtype)
     info = probe_model(cfg.foundation)
     check_layers(info, (cfg.layer,), cfg.site)
     dataset = resolve_dataset(cfg.dataset, registry)
@@ -44,7 +44,8 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
     labels_version = getattr(build_module, "LABELS_VERSION", None)
     for art in reversed(registry.find("atlas", name=cfg.name, foundation=cfg.foundation, layer=cfg.layer, site=cfg.site,
                                       width=cfg.width, dataset_fingerprint=fp)):
-        if art.meta.get("config") == asdict(cfg) and art.provenance.get("labels_version") == labels_version:
+        stored = {"dtype": "float32", **(art.meta.get("config") or {})}
+        if stored == asdict(cfg) and art.provenance.get("labels_version") == labels_version:
             return Plan("atlas build", [Step("reuse", f"reuse {art.id} (same foundation, data and settings)",
                                              artifact=art.id, model=cfg.foundation, layers=[cfg.layer])],
                         smaller="--train-sentences / --label-sentences")
@@ -53,7 +54,7 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
     n = min(max(cfg.train_sentences, cfg.label_sentences), n_train)  # one pass keeps every token
     label = min(cfg.label_sentences, n)
     tokens = min(cfg.max_tokens, int(min(cfg.train_sentences, n) * 0.95 * max(tps - 1, 1)))
-    s1, basis = extract_seconds(registry, info, n, cfg.layer, cfg.device, dataset, None)
+    s1, basis = extract_seconds(registry, info, n, cfg.layer, cfg.device, dataset, None, dtype=cfg.dtype)
     sae_flops = 3.0 * 4.0 * d_in * cfg.width * tokens * cfg.epochs  # fwd (encode + decode) + bwd
     s2 = sae_flops / (machine_gflops(cfg.device) * EFFICIENCY * 1e9)
     s3 = 2.0 * d_in * cfg.width * n * max(tps - 1, 1) / (machine_gflops(cfg.device) * EFFICIENCY * 1e9)
@@ -140,8 +141,10 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
             steps.append(Step("reuse", f"reuse {codes.id} (atlas test codes)", artifact=codes.id,
                               model=ap["foundation"], layers=[int(ap["layer"])]))
         else:
+            from atlascli.atlas.build import atlas_dtype
+
             secs, basis = extract_seconds(registry, foundation, n, int(ap["layer"]), cfg.device, dataset,
-                                          (foundation.width(ap["site"]), atlas.width))
+                                          (foundation.width(ap["site"]), atlas.width), dtype=atlas_dtype(ap))
             steps.append(Step("extract", f"{n:,} test sentences through {ap['foundation']} L{ap['layer']} + atlas SAE "
                                          f"(~{fmt_seconds(secs)}, {basis})", n, secs, basis,
                               model=ap["foundation"], layers=[int(ap["layer"])]))
@@ -214,7 +217,10 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
             weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE with the original (as fit does)
             if weights != art.id and registry.exists(weights, "atlas"):
                 art = registry.get(weights, "atlas")
-            atlas_cfg = cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id)
+            from atlascli.atlas.build import atlas_dtype
+
+            atlas_cfg = cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id,
+                                       dtype=atlas_dtype(art.provenance))
             step, disk = extract_step(atlas_cfg, registry)
             atlas_width = int(p["width"])
         else:

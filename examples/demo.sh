@@ -9,19 +9,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 atlas=".venv/bin/atlas"
-N=${ATLAS_DEMO_SENTENCES:-12000}      # fit sentences (= the atlas's labelling sentences, so their codes are reused)
-TEST=${ATLAS_DEMO_TEST:-2000}         # held-out test sentences for the evaluation tables (the paper: 50% of 1M)
+N=${ATLAS_DEMO_SENTENCES:-10000}      # atlas and fit sentences (the atlas's labelling sentences, so their codes are
+                                      # reused by the fit; `atlas atlas build` alone defaults to 12,000)
+TEST=${ATLAS_DEMO_TEST:-1500}         # held-out test sentences for the evaluation tables (the paper: 50% of 1M)
+DTYPE=${ATLAS_DEMO_DTYPE:-bfloat16}   # forward passes of both models (2.2x faster than float32 on this CPU's
+                                      # AVX-512 BF16; pooled activations agree with float32 at cosine 0.999)
 step() { printf '\n\033[1m== %s\033[0m  (%dm%02ds since the demo started)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 step "models and corpus"
 $atlas models
 $atlas data prepare
-step "Concept Atlas (defaults: ~12k sentences, 4096 features, k=32)"
-$atlas atlas build --train-sentences "$N" --label-sentences "$N"
+step "Concept Atlas ($N sentences, 4096 features, k=32, $DTYPE forward passes)"
+$atlas atlas build --train-sentences "$N" --label-sentences "$N" --dtype "$DTYPE"
 step "translations of SmolLM2-135M-Instruct"
-$atlas fit --subject smollm2-135m-instruct --layers 3,12,19,25 --site mlp --method all --limit "$N"
+$atlas fit --subject smollm2-135m-instruct --layers 3,12,19,25 --site mlp --method all --limit "$N" --dtype "$DTYPE"
 step "subject activations of $TEST held-out test sentences (examples for search/explain, evaluation)"
-$atlas extract --model smollm2-135m-instruct --layers 3,12,19,25 --site mlp --split test --limit "$TEST"
+$atlas extract --model smollm2-135m-instruct --layers 3,12,19,25 --site mlp --split test --limit "$TEST" --dtype "$DTYPE"
 step "search: atlas search \"secrets\""
 $atlas search "secrets" --layer 12 --top 5 --samples 2
 step "steer: atlas steer --concept london --lambda 35"

@@ -75,6 +75,10 @@ class AtlasBuildConfig:
     """Seed of initialisation and shuffling."""
     device: str = "cpu"
     """cpu, cuda or auto."""
+    dtype: str = "float32"
+    """Dtype of the foundation's forward pass (the SAE trains in float32 either way). bfloat16 runs about 2.2x
+    faster on CPUs with AVX-512 BF16 (Gemma 3 270M layer 12: token activations at cosine 0.99998 to float32);
+    it is part of the atlas's identity, and `atlas fit` / `evaluate` run the atlas side in it."""
 
     def __post_init__(self) -> None:
         if self.width < 2 or self.k < 1 or self.k > self.width:
@@ -88,12 +92,29 @@ class AtlasBuildConfig:
                              "e.g. --lr 1e-3")
         if self.layer < 0:
             raise InputError(f"layer must be >= 0, got {self.layer}", "e.g. --layer 12")
+        from atlascli.preflight import check_runtime
+
+        check_runtime("cpu", self.dtype)  # (the device is checked by the plan)
+
+
+def identity(cfg: AtlasBuildConfig) -> dict[str, Any]:
+    """The settings that name an atlas: every field, with the default float32 dtype left out (atlases built
+    before the dtype option keep their ids)."""
+    out = asdict(cfg)
+    if out.get("dtype") == "float32":
+        out.pop("dtype")
+    return out
+
+
+def atlas_dtype(provenance: dict[str, Any]) -> str:
+    """The dtype an atlas's foundation runs in (float32 for atlases that do not record one, e.g. imported SAEs)."""
+    return str(provenance.get("dtype") or "float32")
 
 
 def codes_config(cfg: AtlasBuildConfig, atlas_id: str, n: int) -> ExtractConfig:
     """The extraction whose artifact holds the labelling sentences' codes (what `atlas fit --limit n` asks for)."""
     return ExtractConfig(model=cfg.foundation, layers=(cfg.layer,), site=cfg.site, dataset=cfg.dataset, split="train",
-                         sae=atlas_id, limit=n, device=cfg.device)
+                         sae=atlas_id, limit=n, device=cfg.device, dtype=cfg.dtype)
 
 
 def _store_codes(registry: Registry, cfg: AtlasBuildConfig, atlas_id: str, lm: LoadedModel, dataset: Artifact,
@@ -130,7 +151,7 @@ def _store_codes(registry: Registry, cfg: AtlasBuildConfig, atlas_id: str, lm: L
         meta["throughput"] = {"sentences": n_all, "seconds": round(forward_seconds, 3),
                               "sentences_per_s": n_all / forward_seconds,
                               "tokens_per_s": float(toks.n_tokens.sum()) / forward_seconds, "device": lm.device.type,
-                              "dtype": "float32", "deepest_layer": cfg.layer, "sae": False}
+                              "dtype": cfg.dtype, "deepest_layer": cfg.layer, "sae": False}
     return stage.commit(provenance, meta, required=[shard_name(k) for k in range(n_shards)])
 
 
@@ -210,14 +231,13 @@ def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progres
     if on_plan:
         on_plan(plan)
 
-
     registry = registry or Registry()
     dataset = resolve_dataset(cfg.dataset, registry)
     sentences = load_split(dataset, "train")
-    lm = lm or load_model(cfg.foundation, cfg.device)
+    lm = lm or load_model(cfg.foundation, cfg.device, cfg.dtype)
     check_layer(lm.model, cfg.layer, cfg.site)
     ds_fp = dataset.provenance["dataset_fingerprint"]
-    key = sha256_json({**asdict(cfg), "revision": lm.revision, "dataset": ds_fp, "labels": LABELS_VERSION})
+    key = sha256_json({**identity(cfg), "revision": lm.revision, "dataset": ds_fp, "labels": LABELS_VERSION})
     art_id = f"atlas-{cfg.name}-{slug(cfg.foundation)}-L{cfg.layer}-{cfg.site}-w{cfg.width}-{key[:10]}"
     if registry.exists(art_id, "atlas"):
         return registry.get(art_id, "atlas")
@@ -258,7 +278,7 @@ def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progres
     provenance = {"name": cfg.name, "foundation": cfg.foundation, "revision": lm.revision, "layer": cfg.layer,
                   "site": cfg.site, "width": cfg.width, "k": cfg.k, "dataset": dataset.id,
                   "dataset_fingerprint": ds_fp, "seed": cfg.seed, "embedder": cfg.embedder, "source": "trained",
-                  "labels": "offline v2: distinctive content words, WordNet synsets, coherence",
+                  "dtype": cfg.dtype, "labels": "offline v2: distinctive content words, WordNet synsets, coherence",
                   "labels_version": LABELS_VERSION, "n_label_sentences": n_label}
     return stage.commit(provenance, {"quality": quality, "training": training, "config": asdict(cfg),
                                      "label_codes": codes_art.id})

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from atlascli.atlas import Atlas
+from atlascli.atlas.build import atlas_dtype
 from atlascli.corpus import load_split
 from atlascli.errors import InputError
 from atlascli.extract import Activations, ExtractConfig, extract, find_covering
@@ -128,6 +129,7 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
     codes = find_covering(registry, ap["foundation"], fp, "test", a_layer, n, sae=atlas.weights_id)
     if codes is None:
         codes = extract(ExtractConfig(model=ap["foundation"], layers=(a_layer,), site=ap["site"], dataset=dataset.id,
-                                      split="test", sae=atlas.weights_id, limit=n, device=device, dtype=dtype), registry,
+                                      split="test", sae=atlas.weights_id, limit=n, device=device,
+                                      dtype=atlas_dtype(ap)), registry,
                         progress("atlas test codes") if progress else None)
     return TestData(n, subject, Activations(codes), a_layer, fp)
