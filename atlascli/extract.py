@@ -174,6 +174,28 @@ def _position_dtype(cfg: ExtractConfig) -> torch.dtype:
     return torch.uint8 if cfg.max_length <= 256 else torch.int32
 
 
+def _stored_without_loading(cfg: ExtractConfig, registry: Registry, dataset: Artifact) -> Artifact | None:
+    """The published result of ``cfg`` when it can be named without loading the model (a zoo model or a local
+    one, whose revision comes from cached file hashes; no SAE or an atlas by exact id), else None."""
+    from atlascli.models import local_revision
+
+    if cfg.revision is not None or world(cfg.device).size > 1:
+        return None
+    sae_prov = None
+    if cfg.sae:
+        if not registry.exists(cfg.sae, "atlas"):
+            return None
+        sae_prov = {"sae": cfg.sae, "sae_source": "atlas"}
+    revision = local_revision(cfg.model)
+    if revision is None:
+        return None
+    ds_fp = dataset.provenance["dataset_fingerprint"]
+    art_id = _artifact_id(cfg, revision, ds_fp, sae_prov)
+    if registry.exists(art_id, "activations"):
+        return registry.get(art_id, "activations")
+    return find_reusable(cfg, revision, ds_fp, sae_prov, registry)
+
+
 def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
             lm: LoadedModel | None = None, sae: Any | None = None, on_plan: Callable[[Any], None] | None = None) -> Artifact:
     """Extract (or resume, or reuse) an activations artifact.
@@ -195,6 +217,8 @@ def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: Prog
     sentences = load_split(dataset, cfg.split)
     if cfg.limit is not None:
         sentences = sentences[: cfg.limit]
+    if lm is None and (stored := _stored_without_loading(cfg, registry, dataset)) is not None:
+        return stored
     lm = lm or load_model(cfg.model, cfg.device, cfg.dtype, cfg.revision, cfg.trust_remote_code)
     for layer in cfg.layers:
         check_layer(lm.model, layer, cfg.site)

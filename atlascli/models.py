@@ -235,6 +235,21 @@ def tokenizer_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def local_revision(name: str) -> str | None:
+    """The revision :func:`load_model` would record for a zoo model or a local .gguf / folder, from cached file
+    hashes and without loading weights; None for Hub ids (their commit is known only after resolving them)."""
+    if name in ZOO:
+        entry = ZOO[name]
+        return f"gguf-sha256:{_zoo_gguf(name, entry)[1]}" if entry.gguf_file is not None else None
+    path = Path(name).expanduser()
+    if not path.exists():
+        return None
+    path = path.resolve()
+    if path.suffix == ".gguf":
+        return f"gguf-sha256:{cached_sha256(path)}"
+    return folder_revision(path) if (path / "config.json").exists() else None
+
+
 def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision: str | None = None,
                trust_remote_code: bool = False, device_map: str | dict[str, Any] | None = None) -> LoadedModel:
     """Load a zoo model, a local folder / .gguf file, or a Hugging Face model id.

@@ -135,3 +135,47 @@ def test_builtin_paper_concepts_only_for_gemma_scope():
     assert len(concepts) == 11  # Table 8 plus Table 6's london
     other = Artifact("atlas-x", "atlas", __import__("pathlib").Path("."), {"provenance": {"width": 64}})
     assert builtin_concepts(Atlas(other)) == {}
+
+
+def test_bfloat16_atlas_is_its_own_artifact_and_fit_reuses_its_codes(tiny_models, tiny_dataset, monkeypatch):
+    """A bfloat16 build records its dtype, stores its labelling codes in bfloat16, and `atlas fit` over the same
+    sentences reuses those codes (the atlas side runs in the atlas's dtype, whatever the subject's --dtype)."""
+    from atlascli.atlas.build import atlas_dtype, identity
+    from atlascli.fit import FitConfig, fit
+
+    common = dict(name="tiny", foundation=str(tiny_models["gpt2"]), layer=1, width=64, k=4, dataset="tiny",
+                  train_sentences=120, max_tokens=3000, epochs=2, batch_size=256, lr=3e-3, label_sentences=120,
+                  top_samples=5)
+    f32 = AtlasBuildConfig(**common)
+    bf16 = AtlasBuildConfig(**common, dtype="bfloat16")
+    assert "dtype" not in identity(f32) and identity(bf16)["dtype"] == "bfloat16"  # float32 ids stay as they were
+    art = build_atlas(bf16)
+    assert atlas_dtype(art.provenance) == "bfloat16" and atlas_dtype({}) == "float32"
+    reg = Registry()
+    codes = reg.get(art.meta["label_codes"])
+    assert codes.provenance["dtype"] == "bfloat16" and codes.meta["throughput"]["dtype"] == "bfloat16"
+    before = {a.id for a in reg.find("activations")}
+    fit(FitConfig(subject=str(tiny_models["llama"]), layers=(1,), site="mlp", atlas=art.id, dataset="tiny",
+                  limit=120, methods="procrustes"))
+    added = [reg.get(i) for i in {a.id for a in reg.find("activations")} - before]
+    assert [a.provenance["model"] for a in added] == [str(tiny_models["llama"])]  # only the subject was extracted
+    assert build_atlas(f32).id != art.id
+    with pytest.raises(InputError, match="dtype"):
+        AtlasBuildConfig(**common, dtype="float8")
+
+
+def test_plan_scales_a_rate_measured_in_another_dtype(monkeypatch):
+    """measured_rate prefers a run in the asked dtype; otherwise it scales by this machine's matmul rates."""
+    from types import SimpleNamespace
+
+    from atlascli import plan
+
+    runs = [(SimpleNamespace(id="a-f32"), {"sentences_per_s": 10.0, "deepest_layer": 5, "dtype": "float32"})]
+    monkeypatch.setattr(plan, "_throughputs", lambda *a, **k: list(runs))
+    monkeypatch.setattr(plan, "machine_gflops", lambda device="cpu", dtype="float32": {"float32": 100.0,
+                                                                                      "bfloat16": 250.0}[dtype])
+    assert plan.measured_rate(Registry(), "m", "cpu", False, "float32") == (10.0, 5, "a-f32")
+    assert plan.measured_rate(Registry(), "m", "cpu", False, "bfloat16") == (25.0, 5, "a-f32")
+    runs.insert(0, (SimpleNamespace(id="b-bf16"), {"sentences_per_s": 30.0, "deepest_layer": 5, "dtype": "bfloat16"}))
+    assert plan.measured_rate(Registry(), "m", "cpu", False, "bfloat16") == (30.0, 5, "b-bf16")
+    assert plan.measured_rate(Registry(), "m", "cpu", False, "float32") == (10.0, 5, "a-f32")

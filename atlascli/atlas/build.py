@@ -22,7 +22,7 @@ from atlascli.atlas.train import SAETraining, collect_tokens, pooled_codes, reco
 from atlascli.corpus import load_sources, load_split, resolve_dataset
 from atlascli.errors import InputError
 from atlascli.extract import ExtractConfig, _artifact_id, shard_name
-from atlascli.models import DEFAULTS, LoadedModel, check_layer, load_model, model_card
+from atlascli.models import DEFAULTS, LoadedModel, check_layer, load_model, local_revision, model_card
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import atomic_save_tensors, atomic_write_json, load_tensors, read_json, sha256_json
 
@@ -223,8 +223,6 @@ def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progres
 
     Every input is checked from configs first (:func:`atlascli.plan_tasks.plan_build`); ``on_plan`` gets the
     plan before any model is loaded or anything is written."""
-    from sae_lens import SAE
-
     from atlascli.plan_tasks import plan_build
 
     plan = plan_build(cfg, registry or Registry())
@@ -234,11 +232,18 @@ def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progres
     registry = registry or Registry()
     dataset = resolve_dataset(cfg.dataset, registry)
     sentences = load_split(dataset, "train")
+    ds_fp = dataset.provenance["dataset_fingerprint"]
+
+    def atlas_id(revision: str) -> str:
+        key = sha256_json({**identity(cfg), "revision": revision, "dataset": ds_fp, "labels": LABELS_VERSION})
+        return f"atlas-{cfg.name}-{slug(cfg.foundation)}-L{cfg.layer}-{cfg.site}-w{cfg.width}-{key[:10]}"
+
+    known = lm.revision if lm is not None else local_revision(cfg.foundation)  # a rerun: reuse before loading
+    if known is not None and registry.exists(atlas_id(known), "atlas"):
+        return registry.get(atlas_id(known), "atlas")
     lm = lm or load_model(cfg.foundation, cfg.device, cfg.dtype)
     check_layer(lm.model, cfg.layer, cfg.site)
-    ds_fp = dataset.provenance["dataset_fingerprint"]
-    key = sha256_json({**identity(cfg), "revision": lm.revision, "dataset": ds_fp, "labels": LABELS_VERSION})
-    art_id = f"atlas-{cfg.name}-{slug(cfg.foundation)}-L{cfg.layer}-{cfg.site}-w{cfg.width}-{key[:10]}"
+    art_id = atlas_id(lm.revision)
     if registry.exists(art_id, "atlas"):
         return registry.get(art_id, "atlas")
 
@@ -265,6 +270,8 @@ def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progres
     training = train_sae(train_tokens, SAETraining(cfg.width, cfg.k, cfg.epochs, cfg.batch_size, cfg.lr,
                                                    cfg.aux_coefficient, True, cfg.seed), sae_dir, cb("train SAE"))
     del train_tokens
+    from sae_lens import SAE  # (7 s of imports, paid only when an atlas is trained, not when one is reused)
+
     sae = SAE.load_from_disk(str(sae_dir), device="cpu")
     quality = reconstruction_quality(sae, toks.acts[toks.rows(n_train - n_hold, n_train)])
     n_label = min(cfg.label_sentences, n)
