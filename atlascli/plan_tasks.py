@@ -196,6 +196,7 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
         model, layer, site = resolved
         atlas_cfg = cfg.extraction(model, (layer,), site)
         step, disk = extract_step(atlas_cfg, registry)
+        atlas_key = cfg.atlas
         atlas_width = probe_model(model).width(site)
     else:
         art = resolved
@@ -212,6 +213,7 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
             step = Step("reuse", f"reuse {art.id} (atlas side, {n:,} sentences)", artifact=art.id,
                         model=p["model"], layers=list(p["layers"]))
             atlas_width = int(next(iter(art.meta["widths"].values())))
+            atlas_key = art.id
         elif art.kind == "atlas":
             p = art.provenance
             weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE with the original (as fit does)
@@ -223,12 +225,25 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
                                        dtype=atlas_dtype(art.provenance))
             step, disk = extract_step(atlas_cfg, registry)
             atlas_width = int(p["width"])
+            atlas_key = art.id
         else:
             raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
     steps.append(step)
     subj_cfg = cfg.extraction(cfg.subject, cfg.layers, cfg.site)
     sstep, sdisk = extract_step(subj_cfg, registry, subject)
     steps.append(sstep)
+    if sstep.action == "reuse" and step.action == "reuse" and sstep.artifact:
+        from atlascli.fit import _fitted
+
+        sp = registry.get(sstep.artifact, "activations").provenance
+        found = [_fitted(registry, cfg, layer, methods, sp, {"atlas": atlas_key}, sstep.artifact)
+                 for layer in cfg.layers]
+        if all(f is not None for f in found):  # a rerun: every (layer, method) is in the registry
+            n_found = sum(len(f or []) for f in found)
+            steps.append(Step("reuse", f"reuse the {n_found} alignments ({','.join(methods)} at layer(s) "
+                                       f"{','.join(map(str, cfg.layers))})", model=cfg.subject,
+                              layers=list(cfg.layers)))
+            return Plan("fit", steps, disk)
     ds = subject.width(cfg.site)
     flops = 2.0 * n * ds * atlas_width * len(cfg.layers) * (2 if len(methods) > 1 else 1)
     # decompositions, run twice per layer (the held-out health check refits on ~95%): SVD for Procrustes,

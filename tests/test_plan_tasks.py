@@ -111,5 +111,11 @@ def test_plan_build_reuses_an_identical_atlas_and_fit_reuses_its_extractions(ali
     assert build.reused == [atlas.id] and build.work == [] and "nothing to compute" in build.line()
     plan = plan_fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=atlas.id,
                               dataset="tiny", limit=150, methods="procrustes,cov"))
-    assert sorted(plan.reused) == sorted(fits[0].parents) and [s.action for s in plan.work] == ["fit"]
+    # every alignment asked for is already there: the plan says so and has no work left (a rerun)
+    assert sorted(plan.reused) == sorted(fits[0].parents) and plan.work == []
+    assert "reuse the 2 alignments" in plan.line() and "nothing to compute" in plan.line()
+    # one method more: both extractions are reused, the fit runs
+    more = plan_fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=atlas.id,
+                              dataset="tiny", limit=150, methods="procrustes,cov,linreg"))
+    assert sorted(more.reused) == sorted(fits[0].parents) and [s.action for s in more.work] == ["fit"]
     assert no_models == []
