@@ -163,6 +163,11 @@ def _throughputs(registry: Registry, device: str, **match: Any) -> list[tuple[Ar
     return out
 
 
+def _in_dtype(rate: float, device: str, measured: str, wanted: str) -> float:
+    """A rate measured in one dtype, scaled to another by this machine's matmul rates in the two."""
+    return rate if measured == wanted else rate * machine_gflops(device, wanted) / machine_gflops(device, measured)
+
+
 def measured_rate(registry: Registry, model: str, device: str, sae: bool,
                   dtype: str = "float32") -> tuple[float, int, str] | None:
     """(sentences/s, deepest layer, artifact id) of the newest extraction of ``model`` on this device type
@@ -174,10 +179,7 @@ def measured_rate(registry: Registry, model: str, device: str, sae: bool,
         return None
     best = ([h for h in hits if h[3] and h[4] == dtype] or [h for h in hits if h[4] == dtype]
             or [h for h in hits if h[3]] or hits)[0]
-    rate = best[0]
-    if best[4] != dtype:
-        rate *= machine_gflops(device, dtype) / machine_gflops(device, best[4])
-    return rate, best[1], best[2]
+    return _in_dtype(best[0], device, best[4], dtype), best[1], best[2]
 
 
 def machine_rate(registry: Registry, device: str, dtype: str = "float32") -> tuple[float, str] | None:
@@ -198,10 +200,7 @@ def machine_rate(registry: Registry, device: str, dtype: str = "float32") -> tup
         per_token = 2.0 * info.params_per_layer * (int(t["deepest_layer"]) + 1)
         if t.get("sae"):
             per_token += 2.0 * info.width(site) * int(next(iter(art.meta["widths"].values())))
-        rate = float(t["tokens_per_s"]) * per_token
-        measured_dtype = str(t.get("dtype") or "float32")
-        if measured_dtype != dtype:
-            rate *= machine_gflops(device, dtype) / machine_gflops(device, measured_dtype)
+        rate = _in_dtype(float(t["tokens_per_s"]) * per_token, device, str(t.get("dtype") or "float32"), dtype)
         return rate, f"scaled from {slug(model)} measured here ({art.id})"
     return None
 

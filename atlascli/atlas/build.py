@@ -239,8 +239,8 @@ def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progres
         return f"atlas-{cfg.name}-{slug(cfg.foundation)}-L{cfg.layer}-{cfg.site}-w{cfg.width}-{key[:10]}"
 
     known = lm.revision if lm is not None else local_revision(cfg.foundation)  # a rerun: reuse before loading
-    if known is not None and registry.exists(atlas_id(known), "atlas"):
-        return registry.get(atlas_id(known), "atlas")
+    if known is not None and registry.exists(known_id := atlas_id(known), "atlas"):
+        return registry.get(known_id, "atlas")
     lm = lm or load_model(cfg.foundation, cfg.device, cfg.dtype)
     check_layer(lm.model, cfg.layer, cfg.site)
     art_id = atlas_id(lm.revision)
