@@ -80,6 +80,19 @@ class Shard:
     """For dense activations: the token position where each feature peaked, [n, width] (None in artifacts
     extracted before positions were kept)."""
 
+    def head(self, k: int) -> Shard:
+        """The shard's first ``k`` rows."""
+        if k >= len(self.index):
+            return self
+        csr, peak = None, None
+        if self.csr is not None:
+            indptr, indices, values = self.csr
+            end = int(indptr[k])
+            csr = (indptr[: k + 1], indices[:end], values[:end])
+            peak = None if self.peak_tokens is None else self.peak_tokens[:end]
+        return Shard(self.index[:k], None if self.dense is None else self.dense[:k], csr, self.width, peak,
+                     None if self.argmax is None else self.argmax[:k])
+
     def to_dense(self) -> torch.Tensor:
         """Dense [n, width] float32."""
         if self.dense is not None:
@@ -105,15 +118,23 @@ class Shard:
 class Activations:
     """Reader of an activations artifact; every shard is checksum-verified as it is read."""
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, artifact: Artifact, n: int | None = None) -> None:
+        """``n``: read only the first ``n`` sentences (the rows of an extraction with ``--limit n`` over the same
+        split and settings: a longer extraction serves a shorter one)."""
         if artifact.kind != "activations":
             raise InputError(f"{artifact.id} is a {artifact.kind}, not activations", "pick an activations artifact")
         self.artifact = artifact
-        self.n: int = int(artifact.provenance["n"])
+        total = int(artifact.provenance["n"])
+        self.n: int = total if n is None else n
+        if not 1 <= self.n <= total:
+            raise InputError(f"{artifact.id} holds {total} sentences, not the first {n}", "ask for at most that many")
         self.sparse: bool = bool(artifact.provenance.get("sparse"))
         self.layers: list[int] = [int(x) for x in artifact.provenance["layers"]]
         self.widths: dict[int, int] = {int(k): int(v) for k, v in artifact.meta["widths"].items()}
         self.shard_names = sorted(n for n in artifact.manifest["files"] if n.startswith("shard-"))
+        if self.n < total:  # shards hold shard_size consecutive sentences (check_coverage): keep those reaching n
+            size = int(artifact.provenance["shard_size"])
+            self.shard_names = self.shard_names[: -(-self.n // size)]
 
     def _layer(self, layer: int) -> int:
         if layer not in self.layers:
@@ -129,9 +150,10 @@ class Activations:
             if self.sparse:
                 csr = (t[f"L{layer}.indptr"].numpy(), t[f"L{layer}.indices"].numpy(), t[f"L{layer}.values"].numpy())
                 peak = t.get(f"L{layer}.peak_tokens")
-                yield Shard(t["index"], None, csr, self.widths[layer], None if peak is None else peak.numpy())
+                shard = Shard(t["index"], None, csr, self.widths[layer], None if peak is None else peak.numpy())
             else:
-                yield Shard(t["index"], t[f"L{layer}"], None, self.widths[layer], argmax=t.get(f"L{layer}.argmax"))
+                shard = Shard(t["index"], t[f"L{layer}"], None, self.widths[layer], argmax=t.get(f"L{layer}.argmax"))
+            yield shard.head(int((shard.index < self.n).sum()))
 
     def dense(self, layer: int) -> torch.Tensor:
         """All rows of one layer as a dense [N, width] float32 tensor, in split order."""

@@ -80,8 +80,9 @@ class Alignment:
 
 
 def load_alignment(subject: str | None = None, layer: int | None = None, method: str = "procrustes",
-                   atlas: str | None = None, alignment: str | None = None) -> Alignment:
-    """The newest matching alignment in the registry (``$ATLAS_HOME`` or the checkout's ``make demo`` registry).
+                   atlas: str | None = None, alignment: str | None = None, site: str | None = None) -> Alignment:
+    """The newest matching alignment in the registry (``$ATLAS_HOME`` or the checkout's ``make demo`` registry), at
+    ``site`` (default: MLP neurons when fitted, see :data:`atlascli.sites.FEATURE_SITES`).
 
     >>> a = load_alignment(subject="smollm2-135m-instruct", layer=12)  # doctest: +SKIP
     """
@@ -91,19 +92,21 @@ def load_alignment(subject: str | None = None, layer: int | None = None, method:
 
     reg = Registry()
     at = resolve_atlas(atlas, reg)
-    return Alignment(resolve_alignment(reg, alignment, subject, layer, method, at), at)
+    return Alignment(resolve_alignment(reg, alignment, subject, layer, method, at, site), at)
 
 
 @contextmanager
 def steering(model: Any, concept: str | None = None, *, features: str | None = None, strength: float = 35.0,
              unit: str = "norm", layers: list[int] | None = None, subject: str | None = None,
-             atlas: str | None = None, method: str = "procrustes", tokenizer: Any | None = None) -> Iterator[dict[int, float]]:
+             atlas: str | None = None, method: str = "procrustes", tokenizer: Any | None = None,
+             site: str | None = None) -> Iterator[dict[int, float]]:
     """Steer any loaded Hugging Face causal LM along an atlas concept while inside the block (eq. 4, hooks
     removed on exit, also on errors). Yields the multiplier applied at each layer.
 
     ``strength`` is in ``unit``: ``norm`` = percent of each layer's median token norm (measured once on a few
     calibration sentences with ``tokenizer``, or the model's own tokenizer), ``absolute`` = the paper's lambda.
-    ``subject`` picks the alignments (default: the newest subject whose width matches the model).
+    ``subject`` picks the alignments (default: the newest subject whose width matches the model); ``site`` the
+    fitted site to steer (default: the residual stream when fitted, see :data:`atlascli.sites.STEER_SITES`).
 
     >>> with steering(model, concept="london", strength=35, tokenizer=tok):  # doctest: +SKIP
     ...     model.generate(**tok("Tell me a joke", return_tensors="pt"), max_new_tokens=40)
@@ -126,23 +129,22 @@ def steering(model: Any, concept: str | None = None, *, features: str | None = N
         from atlascli.concepts import load_concept
 
         query = load_concept(concept, at, reg) or query_from_text(concept, at)  # type: ignore[arg-type]
-    subject, fitted = fitted_layers(reg, at, subject, method)
+    subject, site, fitted = fitted_layers(reg, at, subject, method, site)
     if tokenizer is None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
     param = next(model.parameters())
     lm = LoadedModel(subject, model, tokenizer, "in-memory", param.device, param.dtype)
-    chosen = list(layers) if layers else default_layers(fitted, lm.n_layers)
-    vectors, arts = concept_vectors(query, reg, at, subject, chosen, method)
-    site = arts[0].provenance["site"]
+    chosen = list(layers) if layers else default_layers(fitted, lm.n_layers, site)
+    vectors, _ = concept_vectors(query, reg, at, subject, chosen, method, site)
     for layer, v in vectors.items():
         width = lm.width(site, layer)
         if width != v.shape[0]:
             raise InputError(f"the model's {site} width at layer {layer} is {width}, the alignment's {v.shape[0]}",
                              f"this model is not {subject}; pass subject= for the alignment that fits it")
     norms = site_norms(lm, site, sorted(vectors), _CALIBRATION, chat=False) if unit == "norm" else None
-    mult = absolute_lambdas(vectors, float(strength), unit, norms)
+    mult = absolute_lambdas(vectors, float(strength), unit, norms, site)
     with steer_ctx(model, site, vectors, mult):
         yield mult
 

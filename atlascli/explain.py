@@ -53,6 +53,8 @@ class ExplainConfig:
     """Re-run the subject on the example sentences to find each one's peak token."""
     device: str = "cpu"
     """Device of the subject model for peak tokens."""
+    site: str | None = None
+    """Fitted site (None: MLP neurons when fitted, :data:`atlascli.sites.FEATURE_SITES`)."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def explain(cfg: ExplainConfig, registry: Registry | None = None, lm: Any | None
     if cfg.top < 1:
         raise InputError(f"--top must be >= 1, got {cfg.top}", "e.g. --top 10")
     arts = find_alignments(registry, [cfg.layer] if cfg.layer is not None else None, cfg.subject, cfg.method,
-                           cfg.atlas, cfg.alignment)
+                           cfg.atlas, cfg.alignment, cfg.site)
     art = max(arts, key=lambda a: (a.manifest.get("created", ""), a.id))  # no --layer: the most recent fit
     p = art.provenance
     layer, site = int(p["layer"]), str(p.get("site", "mlp"))

@@ -196,6 +196,42 @@ def _stored_without_loading(cfg: ExtractConfig, registry: Registry, dataset: Art
     return find_reusable(cfg, revision, ds_fp, sae_prov, registry)
 
 
+def find_prefix(cfg: ExtractConfig, revision: str | None, ds_fp: str, sae_prov: dict[str, Any] | None,
+                registry: Registry) -> Artifact | None:
+    """A published extraction whose first ``cfg.limit`` sentences are this one's rows: same model (and revision when
+    given), site, dataset, split, length cap, shards, SAE and dtype, ``cfg.layers`` among its layers and at least
+    ``cfg.limit`` sentences (an exact one first, else the newest longer one)."""
+    if cfg.limit is None:
+        return None
+    match: dict[str, Any] = dict(model=cfg.model, site=cfg.site, dataset_fingerprint=ds_fp, split=cfg.split,
+                                 max_length=cfg.max_length, shard_size=cfg.shard_size, sae=sae_prov, dtype=cfg.dtype)
+    if revision is not None:
+        match["revision"] = revision
+    found = [a for a in reversed(registry.find("activations", **match))
+             if set(cfg.layers) <= set(a.provenance["layers"]) and int(a.provenance["n"]) >= cfg.limit]
+    exact = [a for a in found if int(a.provenance["n"]) == cfg.limit]
+    return exact[0] if exact else found[0] if found else None
+
+
+def stored_prefix(cfg: ExtractConfig, registry: Registry) -> Artifact | None:
+    """:func:`find_prefix` for ``cfg`` without loading the model (zoo or local models, whose revision comes from
+    cached file hashes); None when there is none or the revision is not known without loading."""
+    from atlascli.models import local_revision
+
+    if cfg.limit is None or cfg.revision is not None or world(cfg.device).size > 1:
+        return None
+    sae_prov = None
+    if cfg.sae:
+        if not registry.exists(cfg.sae, "atlas"):
+            return None
+        sae_prov = {"sae": cfg.sae, "sae_source": "atlas"}
+    revision = local_revision(cfg.model)
+    if revision is None:
+        return None
+    dataset = resolve_dataset(cfg.dataset, registry)
+    return find_prefix(cfg, revision, dataset.provenance["dataset_fingerprint"], sae_prov, registry)
+
+
 def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: ProgressFn | None = None,
             lm: LoadedModel | None = None, sae: Any | None = None, on_plan: Callable[[Any], None] | None = None) -> Artifact:
     """Extract (or resume, or reuse) an activations artifact.

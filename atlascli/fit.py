@@ -13,7 +13,7 @@ import torch
 from atlascli.atlas.build import atlas_dtype
 from atlascli.distributed import world
 from atlascli.errors import InputError, NotFoundError
-from atlascli.extract import Activations, ExtractConfig, extract
+from atlascli.extract import Activations, ExtractConfig, extract, stored_prefix
 from atlascli.fit_health import Health, HoldoutHealth, health_meta
 from atlascli.models import DEFAULTS
 from atlascli.registry import Artifact, Registry, slug
@@ -99,14 +99,25 @@ def resolve_atlas_ref(ref: str | None, registry: Registry) -> tuple[str, int, st
     return named if named is not None else registry.get(ref)
 
 
+def open_extraction(ecfg: ExtractConfig, registry: Registry,
+                    progress: Callable[[int, int, int], None] | None) -> Activations:
+    """The rows of one side of the fit: the first ``--limit`` sentences of a published extraction with the same
+    settings when there is one (no model loaded: `fit --limit 5000` after `--limit 10000` reads the first 5,000),
+    else the extraction itself (run, resumed or reused)."""
+    prefix = stored_prefix(ecfg, registry)
+    if prefix is not None:
+        return Activations(prefix, ecfg.limit)
+    return Activations(extract(ecfg, registry, progress))
+
+
 def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
                               progress: Callable[[int, int, int], None] | None) -> tuple[Activations, int, dict[str, Any]]:
     """The atlas-side activations over the same sentences: (reader, layer, atlas provenance)."""
     art = resolve_atlas_ref(cfg.atlas, registry)
     if isinstance(art, tuple):
         model, layer, site = art
-        acts = extract(cfg.extraction(model, (layer,), site), registry, progress)
-        return Activations(acts), layer, {"atlas": cfg.atlas, "atlas_version": acts.id, "atlas_kind": "dense"}
+        dense = open_extraction(cfg.extraction(model, (layer,), site), registry, progress)
+        return dense, layer, {"atlas": cfg.atlas, "atlas_version": dense.artifact.id, "atlas_kind": "dense"}
     if art.kind == "activations":
         reader = Activations(art)
         return reader, reader.layers[0], {"atlas": art.id, "atlas_version": art.id, "atlas_kind": "activations"}
@@ -116,9 +127,9 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
     weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE (and alignments) with the original
     if weights != art.id and registry.exists(weights, "atlas"):
         art = registry.get(weights, "atlas")
-    acts_art = extract(cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id,
-                                      dtype=atlas_dtype(art.provenance)), registry, progress)
-    return (Activations(acts_art), int(p["layer"]),
+    codes = open_extraction(cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id,
+                                           dtype=atlas_dtype(art.provenance)), registry, progress)
+    return (codes, int(p["layer"]),
             {"atlas": art.id, "atlas_version": art.manifest["created"], "atlas_kind": "sae"})
 
 
@@ -140,8 +151,8 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
         return (lambda d, t, _tok: progress(stage, d, t)) if progress else None
 
     atlas_acts, atlas_layer, atlas_prov = resolve_atlas_activations(cfg, registry, stage_progress("atlas extract"))
-    subj_art = extract(cfg.extraction(cfg.subject, cfg.layers, cfg.site), registry, stage_progress("subject extract"))
-    subj = Activations(subj_art)
+    subj = open_extraction(cfg.extraction(cfg.subject, cfg.layers, cfg.site), registry,
+                           stage_progress("subject extract"))
     sp, ap = subj.artifact.provenance, atlas_acts.artifact.provenance
     if sp["dataset_fingerprint"] != ap["dataset_fingerprint"] or sp["split"] != ap["split"]:
         raise InputError(f"subject and atlas activations come from different datasets "
@@ -155,7 +166,7 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
     for layer in cfg.layers:
 
         def fitted(layer: int = layer) -> list[Artifact] | None:
-            return _fitted(registry, cfg, layer, methods, sp, atlas_prov, subj.artifact.id)
+            return _fitted(registry, cfg, layer, methods, sp, atlas_prov, subj.artifact.id, subj.n)
 
         def commit(fitter: MultiFitter, checked: dict[str, Health] | str, layer: int = layer) -> list[Artifact]:
             return _commit(registry, cfg, layer, fitter, checked, subj, atlas_acts.artifact, atlas_prov)
@@ -214,14 +225,15 @@ def _commit(registry: Registry, cfg: FitConfig, layer: int, fitter: MultiFitter,
 
 
 def _fitted(registry: Registry, cfg: FitConfig, layer: int, methods: list[str], sp: dict[str, Any],
-            atlas_prov: dict[str, Any], subject_acts: str) -> list[Artifact] | None:
-    """The existing alignments of every method at ``layer`` fitted from exactly these activations and settings,
-    or None when any is missing (then the layer is fitted again, in one pass for all methods)."""
+            atlas_prov: dict[str, Any], subject_acts: str, n: int) -> list[Artifact] | None:
+    """The existing alignments of every method at ``layer`` fitted from exactly these activations (their first ``n``
+    sentences) and settings, or None when any is missing (then the layer is fitted again, in one pass for all
+    methods)."""
     found = []
     for method in methods:
         match = [a for a in registry.find("alignment", method=method, subject=cfg.subject, revision=sp["revision"],
                                           layer=layer, site=cfg.site, atlas=atlas_prov["atlas"],
-                                          dataset_fingerprint=sp["dataset_fingerprint"], n=int(sp["n"]))
+                                          dataset_fingerprint=sp["dataset_fingerprint"], n=n)
                  if subject_acts in a.parents and a.meta.get("config") == {"ridge": cfg.ridge, "k": cfg.k}]
         if not match:
             return None

@@ -298,9 +298,12 @@ def _partial_done(registry: Registry, cfg: ExtractConfig, n: int) -> tuple[int, 
     return 0, None
 
 
-def extract_step(cfg: ExtractConfig, registry: Registry, info: ModelInfo | None = None) -> tuple[Step, int]:
-    """Check an extraction's inputs; its step (reuse, resume or extract) and the bytes it will write."""
+def extract_step(cfg: ExtractConfig, registry: Registry, info: ModelInfo | None = None,
+                 for_fit: bool = False) -> tuple[Step, int]:
+    """Check an extraction's inputs; its step (reuse, resume or extract) and the bytes it will write. ``for_fit``: the
+    fit reads the first ``--limit`` rows of a longer extraction too (:func:`atlascli.fit.open_extraction`)."""
     from atlascli.corpus import resolve_dataset
+    from atlascli.extract import stored_prefix
 
     check_runtime(cfg.device, cfg.dtype)
     check_limit(cfg.limit)
@@ -324,6 +327,10 @@ def extract_step(cfg: ExtractConfig, registry: Registry, info: ModelInfo | None 
             step.action, step.artifact = "reuse", art.id
             step.text = f"reuse {art.id} ({where}, {n:,} {cfg.split} sentences)"
             return step, 0
+    if for_fit and (longer := stored_prefix(cfg, registry)) is not None:
+        step.action, step.artifact = "reuse", longer.id
+        step.text = f"reuse the first {n:,} of {longer.id} ({where}, {int(longer.provenance['n']):,} {cfg.split} sentences)"
+        return step, 0
     done, partial = _partial_done(registry, cfg, n)
     left = n - done
     sae_shape = (info.width(cfg.site), sae_width or 4096) if cfg.sae else None

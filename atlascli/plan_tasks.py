@@ -92,7 +92,7 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
     parse_judge(cfg.judge, cfg.judge_url)
     atlas = resolve_atlas(cfg.atlas, registry)
     subject, table = select_alignments(registry, atlas, cfg.subject, cfg.layers,
-                                       parse_methods(cfg.methods) if cfg.methods else None)
+                                       parse_methods(cfg.methods) if cfg.methods else None, cfg.site)
     arts = [a for t in table.values() for a in t.values()]
     layers = sorted(next(iter(table.values())))
     p0 = arts[0].provenance
@@ -195,7 +195,7 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
     if isinstance(resolved, tuple):
         model, layer, site = resolved
         atlas_cfg = cfg.extraction(model, (layer,), site)
-        step, disk = extract_step(atlas_cfg, registry)
+        step, disk = extract_step(atlas_cfg, registry, for_fit=True)
         atlas_key = cfg.atlas
         atlas_width = probe_model(model).width(site)
     else:
@@ -223,20 +223,20 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
 
             atlas_cfg = cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id,
                                        dtype=atlas_dtype(art.provenance))
-            step, disk = extract_step(atlas_cfg, registry)
+            step, disk = extract_step(atlas_cfg, registry, for_fit=True)
             atlas_width = int(p["width"])
             atlas_key = art.id
         else:
             raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
     steps.append(step)
     subj_cfg = cfg.extraction(cfg.subject, cfg.layers, cfg.site)
-    sstep, sdisk = extract_step(subj_cfg, registry, subject)
+    sstep, sdisk = extract_step(subj_cfg, registry, subject, for_fit=True)
     steps.append(sstep)
     if sstep.action == "reuse" and step.action == "reuse" and sstep.artifact:
         from atlascli.fit import _fitted
 
         sp = registry.get(sstep.artifact, "activations").provenance
-        found = [_fitted(registry, cfg, layer, methods, sp, {"atlas": atlas_key}, sstep.artifact)
+        found = [_fitted(registry, cfg, layer, methods, sp, {"atlas": atlas_key}, sstep.artifact, n)
                  for layer in cfg.layers]
         if all(f is not None for f in found):  # a rerun: every (layer, method) is in the registry
             n_found = sum(len(f or []) for f in found)

@@ -178,6 +178,8 @@ class ReadConfig:
     sentences the alignment was fitted on (what is unusual for this text, not what some concepts score everywhere).
     Needs the fit's subject activations in the registry; skipped with a warning otherwise. Per-token rows use the
     same (pooled) scale, an approximation like ``centre``'s."""
+    site: str | None = None
+    """Fitted site (None: MLP neurons when fitted, :data:`atlascli.sites.FEATURE_SITES`)."""
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,8 @@ def read_text(cfg: ReadConfig, registry: Registry | None = None, lm: Any | None 
         raise InputError("the text is empty", 'give some text: atlas read "The dog barked at the cat"')
     if cfg.top < 1 or cfg.token_top < 1:
         raise InputError("--top and --token-top must be >= 1", "e.g. --top 10")
-    arts = find_alignments(registry, list(cfg.layers) if cfg.layers else None, cfg.subject, cfg.method, cfg.atlas)
+    arts = find_alignments(registry, list(cfg.layers) if cfg.layers else None, cfg.subject, cfg.method, cfg.atlas,
+                           site=cfg.site)
     subject = str(arts[0].provenance["subject"])
     if lm is None:
         from atlascli.models import load_model

@@ -45,8 +45,9 @@ def _fit_hint(subject: str | None, layer: int | str, method: str) -> str:
 
 def find_alignments(registry: Registry, layers: list[int] | None, subject: str | None = None,
                     method: str = "procrustes", atlas: str | None = None,
-                    alignment: str | None = None) -> list[Artifact]:
-    """One alignment per requested layer (the most recent match), all of the same subject.
+                    alignment: str | None = None, site: str | None = None) -> list[Artifact]:
+    """One alignment per requested layer (the most recent match), all of the same subject and site (``site``, else
+    the first fitted of :data:`atlascli.sites.FEATURE_SITES`: MLP neurons before the residual stream).
 
     ``layers=None`` means every fitted layer of that subject and method. A missing layer is a
     :class:`NotFoundError` naming the layers that exist and the ``atlas fit`` command to run.
@@ -64,6 +65,10 @@ def find_alignments(registry: Registry, layers: list[int] | None, subject: str |
     if subject is None and cands:
         subject = cands[-1].provenance.get("subject")
     cands = [a for a in cands if a.provenance.get("subject") == subject]
+    if cands:
+        from atlascli.sites import FEATURE_SITES, choose_site
+
+        _, cands = choose_site(cands, site, FEATURE_SITES)
     if not cands:
         have = sorted({(a.provenance.get("subject"), a.provenance.get("method")) for a in registry.list("alignment")})
         raise NotFoundError(f"no {method} alignment" + (f" of {subject}" if subject else "") + " in the registry",

@@ -251,8 +251,12 @@ def query_from_examples(examples: list[str], atlas: Atlas, contrast: list[str] |
 
 
 def resolve_alignment(registry: Registry, alignment: str | None = None, subject: str | None = None,
-                      layer: int | None = None, method: str = "procrustes", atlas: Atlas | None = None) -> Artifact:
-    """The named alignment, else the most recent one matching subject / layer / method / atlas."""
+                      layer: int | None = None, method: str = "procrustes", atlas: Atlas | None = None,
+                      site: str | None = None) -> Artifact:
+    """The named alignment, else the most recent one matching subject / layer / method / atlas at ``site`` (default:
+    the first fitted of :data:`atlascli.sites.FEATURE_SITES`, MLP neurons before the residual stream)."""
+    from atlascli.sites import FEATURE_SITES, choose_site
+
     if alignment:
         art = registry.get(alignment, "alignment")
     else:
@@ -263,14 +267,17 @@ def resolve_alignment(registry: Registry, alignment: str | None = None, subject:
             match["layer"] = layer
         if atlas is not None:
             match["atlas"] = atlas.weights_id
-        art_or_none = registry.latest("alignment", **match)
-        if art_or_none is None:
+        found = registry.find("alignment", **match)
+        if found:
+            subj = subject or found[-1].provenance["subject"]
+            _, found = choose_site([a for a in found if a.provenance["subject"] == subj], site, FEATURE_SITES)
+        if not found:
             what = ", ".join(f"{k}={v}" for k, v in match.items())
             have = sorted({(a.provenance["subject"], a.provenance["layer"], a.provenance["method"])
                            for a in registry.list("alignment")})
             raise NotFoundError(f"no alignment with {what}",
                                 f"fit one with `atlas fit`; existing: {have[:6] if have else 'none'}")
-        art = art_or_none
+        art = found[-1]
     if atlas is not None and art.provenance.get("atlas") != atlas.weights_id:
         raise InputError(f"alignment {art.id} was fitted to atlas {art.provenance.get('atlas')}, not {atlas.id}",
                          "pass the matching --atlas or refit")

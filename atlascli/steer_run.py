@@ -20,11 +20,14 @@ DEFAULT_PROMPTS = {"chat": "Tell me a short story.", "raw": "Sure, I always have
 """The prompt when none is given: an open request for a chat model (the paper's joke prompt, sent as a user turn,
 makes SmolLM2-Instruct list letters even unsteered), the paper's joke prompt (A.7) as a raw continuation otherwise."""
 
-STEER_DEPTH = (0.1, 0.85)
-"""Default steering layers: the fitted layers between these fractions of the model's depth (the last layers mostly
-change the next-token distribution and break fluency). Measured with bench/steer_sweep.py on SmolLM2 (lambda 35):
-layers 3, 12, 19, 25 beat 3, 12, 19 on 30 tuning concepts (atlas wins 77% vs 60%) and on 20 held-out ones (65% vs
-60%), at a small fluency cost (NLL of the text under the unsteered model 1.50 vs 1.38 nats/token)."""
+STEER_DEPTH = {"mlp": (0.1, 0.85), "mlp_out": (0.15, 0.35), "resid": (0.15, 0.35)}
+"""Default steering layers per site: the fitted layers between these fractions of the model's depth. Measured with
+bench/steer_sweep.py on SmolLM2-135M (30 layers). MLP neurons (lambda 35): layers 3, 12, 19, 25 beat 3, 12, 19 on 30
+tuning concepts (atlas wins 77% vs 60%) and on 20 held-out ones (65% vs 60%), at a small fluency cost (NLL of the text
+under the unsteered model 1.50 vs 1.38 nats/token); the last layers mostly change the next-token distribution. The
+residual stream (the default steering site when fitted, lambda 35 = 17% of the token norm): layers 6 and 9 moved 93%
+of the tuning concepts at NLL 1.55, layer 6 alone 57% (NLL 1.16); adding layer 3 cost fluency (NLL 2.4 at 23%).
+Early-middle layers are also where the steering-vector literature (ActAdd, CAA) finds residual steering works."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class SteerConfig:
     """Subject model (default: that of the latest alignment)."""
     method: str = "procrustes"
     """Translation method."""
+    site: str | None = None
+    """Steered site; None = the steering site among those fitted (:data:`atlascli.sites.STEER_SITES`)."""
     random: bool = False
     """Also steer along a random direction of the same norm, at the same strengths (baseline)."""
     chat: bool | None = None
@@ -97,15 +102,23 @@ class SteerOutcome:
     """With ``random``: lambda -> continuations steered along a random direction of the same norm."""
 
 
-def default_layers(fitted: list[int], n_layers: int) -> list[int]:
-    """The fitted layers inside :data:`STEER_DEPTH` of the model (all fitted layers if none is)."""
-    lo, hi = STEER_DEPTH
+def default_layers(fitted: list[int], n_layers: int, site: str = "mlp") -> list[int]:
+    """The fitted layers inside the site's :data:`STEER_DEPTH` of the model; when none is, the fitted layer nearest
+    to that window."""
+    lo, hi = STEER_DEPTH.get(site, STEER_DEPTH["mlp"])
     inside = [layer for layer in fitted if lo * n_layers <= layer <= hi * n_layers]
-    return inside or list(fitted)
+    if inside or not fitted:
+        return inside
+    mid = (lo + hi) / 2 * n_layers
+    return [min(fitted, key=lambda layer: (abs(layer - mid), layer))]
 
 
-def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: str) -> tuple[str, list[int]]:
-    """The subject (given or latest) and its layers with a ``method`` alignment to ``atlas``."""
+def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: str,
+                  site: str | None = None) -> tuple[str, str, list[int]]:
+    """The subject (given or latest), the steering site (given, else the first of
+    :data:`atlascli.sites.STEER_SITES` that is fitted) and the layers with a ``method`` alignment to ``atlas`` there."""
+    from atlascli.sites import STEER_SITES, choose_site
+
     found = [a for a in registry.find("alignment", method=method, atlas=atlas.weights_id)
              if subject is None or a.provenance["subject"] == subject]
     if not found:
@@ -113,7 +126,8 @@ def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: s
         raise InputError(f"no {method} alignment of {what}to atlas {atlas.id}",
                          "fit one with `atlas fit --layers ...`")
     subject = subject or found[-1].provenance["subject"]
-    return subject, sorted({int(a.provenance["layer"]) for a in found if a.provenance["subject"] == subject})
+    site, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, STEER_SITES)
+    return subject, site, sorted({int(a.provenance["layer"]) for a in found})
 
 
 def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: Any,
@@ -132,7 +146,7 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     registry = registry or Registry()
     if not prompts and not cfg.default_prompt:
         raise InputError("no prompts", "give --prompt or --prompts FILE")
-    subject, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method)
+    subject, site, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method, cfg.site)
     lams, lam_source = list(cfg.lambdas), "given"
     if not lams:
         paper = None
@@ -143,13 +157,12 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
         lams, lam_source = ([paper], "paper Table 6") if paper is not None else ([DEFAULT_LAMBDA], "default")
     lm = lm or load_model(subject)
     n_layers = int(lm.n_layers)
-    layers = list(cfg.layers) or default_layers(fitted, n_layers)
-    vectors, arts = concept_vectors(query, registry, atlas, subject, layers, cfg.method)
-    site = arts[0].provenance["site"]
+    layers = list(cfg.layers) or default_layers(fitted, n_layers, site)
+    vectors, _ = concept_vectors(query, registry, atlas, subject, layers, cfg.method, site)
     chat = bool(getattr(lm.tokenizer, "chat_template", None)) if cfg.chat is None else cfg.chat
     prompts = list(prompts) or [DEFAULT_PROMPTS["chat" if chat else "raw"]]
     norms = site_norms(lm, site, sorted(vectors), prompts, chat=chat) if cfg.unit == "norm" else {}
-    per_unit = absolute_lambdas(vectors, 1.0, cfg.unit, norms)  # the multiplier of s_c per unit of lambda
+    per_unit = absolute_lambdas(vectors, 1.0, cfg.unit, norms, site)  # the multiplier of s_c per unit of lambda
     sweep = sorted({0.0, *lams}, key=lambda x: (x != 0, x))
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed, chat=chat)
     out = steer_sweep(lm, site, vectors, sweep, prompts, gen, per_unit).generations

@@ -60,23 +60,33 @@ def site_norms(lm: Any, site: str, layers: list[int], prompts: list[str], chat: 
 
 
 LAMBDA_UNITS = ("norm", "absolute")
-"""``norm``: lambda is relative to each steered layer's median token norm, along the unit direction of s, scaled so
-that lambda = 35 adds a vector as long as a typical token (NORM_REFERENCE); it transfers across models, layers and
-concepts. ``absolute``: the paper's convention, lambda * s as is (its numbers, 35 and 50, were tuned for
-Llama-3.1-8B's MLP neurons)."""
+"""``norm``: lambda is relative to each steered layer's median token norm, along the unit direction of s, scaled per
+site so that lambda = 35 is the calibrated strength (:data:`NORM_REFERENCE`): at MLP neurons a vector as long as a
+typical token; it transfers across models, layers and concepts. ``absolute``: the paper's convention, lambda * s as
+is (its numbers, 35 and 50, were tuned for Llama-3.1-8B's MLP neurons)."""
 
-NORM_REFERENCE = 35.0
-"""In the ``norm`` unit, the lambda whose added vector equals the layer's median token norm. Chosen so the paper's
-lambdas keep their strength: on SmolLM2-135M (layers 3, 12, 19; 8 concepts x 6 prompts, MiniLM cosine to the
-concept) 35% of the norm moved generations by +0.012 over unsteered, 100-120% by +0.05-0.07."""
+NORM_REFERENCE = {"mlp": 35.0, "mlp_out": 35.0 / 0.17, "resid": 35.0 / 0.17}
+"""Per site, in the ``norm`` unit, the lambda whose added vector equals the layer's median token norm (so lambda = 35
+adds 35 / NORM_REFERENCE of it). MLP neurons: chosen so the paper's lambdas keep their strength: on SmolLM2-135M
+(layers 3, 12, 19; 8 concepts x 6 prompts, MiniLM cosine to the concept) 35% of the norm moved generations by +0.012
+over unsteered, 100-120% by +0.05-0.07. The residual stream is read by every later layer, so a smaller share moves it
+as far: lambda = 35 adds 17% of the norm, chosen with bench/steer_sweep.py on 30 tuning concepts (SmolLM2-135M, layers
+6 and 9): 17% moved 93% of the concepts at the fluency of the MLP default (NLL 1.55 vs 1.50 nats/token), 13% moved
+50-57% on one layer, 23% moved 97% with less fluent text (NLL 1.92). ``mlp_out`` (also added to the residual stream)
+uses the residual stream's reference, unmeasured."""
+
+
+def norm_reference(site: str) -> float:
+    """:data:`NORM_REFERENCE` of ``site`` (MLP neurons' for an unknown site)."""
+    return NORM_REFERENCE.get(site, NORM_REFERENCE["mlp"])
 
 
 def absolute_lambdas(vectors: dict[int, torch.Tensor], lam: float, unit: str,
-                     norms: dict[int, float] | None = None) -> dict[int, float]:
-    """Per-layer multipliers of the raw vectors s_c that realise ``lam`` in ``unit``.
+                     norms: dict[int, float] | None = None, site: str = "mlp") -> dict[int, float]:
+    """Per-layer multipliers of the raw vectors s_c that realise ``lam`` in ``unit`` at ``site``.
 
-    ``norm``: lam / NORM_REFERENCE * median token norm of the layer / |s_c| (lambda = 35 adds a vector as long as a
-    typical token of that layer); ``absolute``: lam at every layer.
+    ``norm``: lam / norm_reference(site) * median token norm of the layer / |s_c| (at MLP neurons lambda = 35 adds a
+    vector as long as a typical token of that layer); ``absolute``: lam at every layer.
     """
     if unit not in LAMBDA_UNITS:
         raise InputError(f"unknown lambda unit {unit!r}", f"use one of {', '.join(LAMBDA_UNITS)}")
@@ -84,7 +94,8 @@ def absolute_lambdas(vectors: dict[int, torch.Tensor], lam: float, unit: str,
         return {layer: lam for layer in vectors}
     if norms is None or set(vectors) - set(norms):
         raise InputError("norm-relative lambdas need each layer's token norm", "pass norms from site_norms()")
-    return {layer: lam / NORM_REFERENCE * norms[layer] / max(float(v.norm()), 1e-12) for layer, v in vectors.items()}
+    ref = norm_reference(site)
+    return {layer: lam / ref * norms[layer] / max(float(v.norm()), 1e-12) for layer, v in vectors.items()}
 
 
 def random_like(vectors: dict[int, torch.Tensor], seed: int = 0) -> dict[int, torch.Tensor]:
@@ -175,26 +186,27 @@ def steer_sweep(lm: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: l
 
 
 def concept_vectors(query: Any, registry: Any, atlas: Any, subject: str | None, layers: list[int] | None,
-                    method: str = "procrustes") -> tuple[dict[int, torch.Tensor], list[Any]]:
-    """s_c = T_hat q / |q| at each layer, from that layer's alignment (all fitted layers by default)."""
+                    method: str = "procrustes", site: str | None = None) -> tuple[dict[int, torch.Tensor], list[Any]]:
+    """s_c = T_hat q / |q| at each layer, from that layer's alignment (all fitted layers by default) at ``site``
+    (default: the steering site among those fitted, :data:`atlascli.sites.STEER_SITES`)."""
     from atlascli.search import subject_similarity
+    from atlascli.sites import STEER_SITES, choose_site
 
     found = [a for a in registry.find("alignment", method=method, atlas=atlas.weights_id)
              if subject is None or a.provenance["subject"] == subject]
     if not found:
         raise InputError(f"no {method} alignment to atlas {atlas.id}", "fit one with `atlas fit --layers ...`")
     subject = subject or found[-1].provenance["subject"]
+    site, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, STEER_SITES)
     by_layer: dict[int, Any] = {}
     for a in found:
-        if a.provenance["subject"] == subject:
-            by_layer[int(a.provenance["layer"])] = a  # the newest wins
+        by_layer[int(a.provenance["layer"])] = a  # the newest wins
     wanted = layers or sorted(by_layer)
     missing = [layer for layer in wanted if layer not in by_layer]
     if missing:
-        raise InputError(f"no {method} translation for layer(s) {missing} of {subject} (fitted: {sorted(by_layer)})",
-                         f"run `atlas fit --subject {subject} --layers {','.join(map(str, missing))} --method {method}`")
-    sites = {by_layer[layer].provenance["site"] for layer in wanted}
-    if len(sites) != 1:
-        raise InputError(f"the chosen layers were fitted at different sites {sorted(sites)}", "steer one site at a time")
+        raise InputError(f"no {method} translation for layer(s) {missing} of {subject} at {site} "
+                         f"(fitted: {sorted(by_layer)})",
+                         f"run `atlas fit --subject {subject} --site {site} --layers {','.join(map(str, missing))} "
+                         f"--method {method}`")
     arts = [by_layer[layer] for layer in wanted]
     return {layer: subject_similarity(query, by_layer[layer]) for layer in wanted}, arts

@@ -8,7 +8,9 @@ Per concept it reports the matched atlas features; the **search gain** (mean Min
 20 test sentences most aligned with the direction, centred cosine as `atlas search` ranks them, minus that of
 random test sentences) for both; the gain of the top-5 subject features' own max-activating test sentences; and
 **steering** on 6 of the paper's seed prompts (MiniLM cosine of unsteered, atlas-steered, random-direction and
-supervised-steered generations to the concept), all at the same strength in the same unit.
+supervised-steered generations to the concept), all at the same strength in the same unit. Search runs on the fits
+`atlas search` uses (MLP neurons when fitted), steering on those `atlas steer` uses (the residual stream when fitted),
+with the supervised direction built at the same site and layers.
 
 Writes bench/results/concepts.json. Needs a registry with an atlas and Procrustes fits of the subject
 (`make demo`, or ATLAS_HOME=...). Usage: python bench/concepts.py [--layers 12,19] [--no-steer] [--concepts a;b]
@@ -57,7 +59,8 @@ def main() -> None:
     from atlascli.registry import Registry
     from atlascli.search import query_from_text, subject_similarity
     from atlascli.search_run import test_activations
-    from atlascli.steering import NORM_REFERENCE, GenerationConfig, generate, site_norms, steering
+    from atlascli.sites import FEATURE_SITES, STEER_SITES, choose_site
+    from atlascli.steering import GenerationConfig, generate, norm_reference, site_norms, steering
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", default="", help="search layers (default: every fitted layer)")
@@ -66,6 +69,8 @@ def main() -> None:
     ap.add_argument("--concepts", default="", help="';'-separated concepts (default: the built-in 40)")
     ap.add_argument("--examples", type=int, default=50, help="examples per concept (supervised baseline)")
     ap.add_argument("--route", default="auto")
+    ap.add_argument("--site", default="", help="site of the search fits (default: atlas search's)")
+    ap.add_argument("--steer-site", default="", help="site of the steering fits (default: atlas steer's)")
     ap.add_argument("--no-steer", action="store_true")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--test-limit", type=int, default=5000)
@@ -74,9 +79,13 @@ def main() -> None:
     t0 = time.perf_counter()
     reg = Registry()
     atlas = resolve_atlas(None, reg)
-    fits = {int(a.provenance["layer"]): a for a in reg.find("alignment", method="procrustes", atlas=atlas.weights_id)}
-    if not fits:
+    procrustes = reg.find("alignment", method="procrustes", atlas=atlas.weights_id)
+    if not procrustes:
         sys.exit("no Procrustes alignment in the registry: run `make demo` first")
+    _, found = choose_site(procrustes, args.site or None, FEATURE_SITES)
+    fits = {int(a.provenance["layer"]): a for a in found}
+    steer_site, found = choose_site(procrustes, args.steer_site or None, STEER_SITES)
+    steer_fits = {int(a.provenance["layer"]): a for a in found}
     layers = [int(x) for x in args.layers.split(",") if x] or sorted(fits)
     subject = fits[layers[0]].provenance["subject"]
     concepts = [c for c in args.concepts.split(";") if c] or CONCEPTS
@@ -85,16 +94,18 @@ def main() -> None:
     train = load_split(dataset, "train")
     n_label = ex["embeddings"].shape[0]
     label_emb = ex["embeddings"].float()
-    # subject activations of the fit sentences (train split) and of held-out test sentences, per layer
+    # subject activations of the fit sentences (train split; the supervised baseline) and of held-out test sentences
     p0 = fits[layers[0]].provenance
-    fit_acts = {}
+
+    def fit_activations(layer: int, site: str) -> Any:
+        art = find_covering(reg, subject, p0["dataset_fingerprint"], "train", layer, n_label, site=site)
+        return Activations(art).dense(layer)[:n_label] if art is not None else None
+
+    fit_acts = {layer: fit_activations(layer, p0["site"]) for layer in layers}
     test = {}
     for layer in layers:
-        art = find_covering(reg, subject, p0["dataset_fingerprint"], "train", layer, n_label, site=p0["site"])
-        fit_acts[layer] = Activations(art).dense(layer)[:n_label] if art is not None else None
         acts, sentences = test_activations(fits[layer], args.test_limit, reg)
-        dense = acts.dense(layer)
-        test[layer] = dense
+        test[layer] = acts.dense(layer)
     n_test = next(iter(test.values())).shape[0]
     test_sents = sentences[:n_test]
     test_emb = embed(test_sents)
@@ -105,8 +116,10 @@ def main() -> None:
     if lm is not None:
         from atlascli.steer_run import default_layers
 
-        steer_layers = [int(x) for x in args.steer_layers.split(",") if x] or default_layers(sorted(fits), lm.n_layers)
-        norms = site_norms(lm, p0["site"], steer_layers, PROMPTS, chat=True)
+        steer_layers = ([int(x) for x in args.steer_layers.split(",") if x]
+                        or default_layers(sorted(steer_fits), lm.n_layers, steer_site))
+        steer_acts = {layer: fit_activations(layer, steer_site) for layer in steer_layers}
+        norms = site_norms(lm, steer_site, steer_layers, PROMPTS, chat=True)
         unsteered = generate(lm, PROMPTS, gen_cfg)
         unsteered_emb = text_embeddings(unsteered)
     for ci, concept in enumerate(concepts):
@@ -126,16 +139,13 @@ def main() -> None:
         row["matched"] = [f"{m['index']} {m['label']}" for m in q.matches[:5]]
         dirs: dict[str, dict[int, Any]] = {"atlas": {}, "supervised": {}, "supervised_norm": {}}
         row["search"] = {}
-        for layer in sorted(set(layers) | set([] if lm is None else steer_layers)):
-            if layer not in fits:
-                continue
-            s = subject_similarity(q, fits[layer])
-            dirs["atlas"][layer] = s
+        for layer in layers:
+            dirs["atlas"][layer] = subject_similarity(q, fits[layer])
             if fit_acts.get(layer) is not None:
                 fa = fit_acts[layer]
                 dirs["supervised"][layer] = (fa[ex_idx].double().mean(0) - fa.double().mean(0)).float()
                 fn = torch.nn.functional.normalize(fa, dim=1)  # a second supervised variant: row-normalised
-                dirs.setdefault("supervised_norm", {})[layer] = fn[ex_idx].mean(0) - fn.mean(0)
+                dirs["supervised_norm"][layer] = fn[ex_idx].mean(0) - fn.mean(0)
             if layer not in test:
                 continue
             x = torch.nn.functional.normalize(test[layer] - test[layer].mean(0), dim=1)
@@ -152,8 +162,14 @@ def main() -> None:
         if lm is not None:
             gens: dict[str, list[str]] = {"unsteered": unsteered}
             gen = torch.Generator().manual_seed(1000 + ci)
+            sdirs: dict[str, dict[int, Any]] = {"atlas": {}, "supervised": {}}
+            for layer in steer_layers:
+                sdirs["atlas"][layer] = subject_similarity(q, steer_fits[layer])
+                if steer_acts.get(layer) is not None:
+                    fa = steer_acts[layer]
+                    sdirs["supervised"][layer] = (fa[ex_idx].double().mean(0) - fa.double().mean(0)).float()
             for name in ("atlas", "random", "supervised"):
-                src = dirs["atlas" if name == "random" else name]
+                src = sdirs["atlas" if name == "random" else name]
                 if any(layer not in src for layer in steer_layers):
                     continue
                 vecs = {}
@@ -162,8 +178,8 @@ def main() -> None:
                     if name == "random":
                         d = torch.randn(d.shape, generator=gen)
                     vecs[layer] = d / d.norm()
-                lam = {layer: args.lam / NORM_REFERENCE * norms[layer] for layer in steer_layers}
-                with steering(lm.model, p0["site"], vecs, lam):
+                lam = {layer: args.lam / norm_reference(steer_site) * norms[layer] for layer in steer_layers}
+                with steering(lm.model, steer_site, vecs, lam):
                     gens[name] = generate(lm, PROMPTS, gen_cfg)
             cos = {name: [float(v) for v in (unsteered_emb if name == "unsteered" else text_embeddings(g)) @ c_emb]
                    for name, g in gens.items()}
@@ -179,6 +195,7 @@ def main() -> None:
               + " ".join(f"{k}={v:.3f}" for k, v in row.get("steer", {}).items())
               + f"  | {'; '.join(row['matched'][:3])}", flush=True)
     write(args.out, {"atlas": atlas.id, "subject": subject, "layers": layers, "route": args.route,
+                     "site": p0["site"], "steer_site": steer_site,
                      "steer_layers": None if lm is None else steer_layers, "lambda_norm_units": args.lam,
                      "n_examples": args.examples, "n_test": n_test, "concepts": rows,
                      "summary": summarise(rows, layers), "seconds": round(time.perf_counter() - t0, 1)})

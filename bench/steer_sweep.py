@@ -91,7 +91,7 @@ def main() -> None:
     from atlascli.models import load_model
     from atlascli.registry import Registry
     from atlascli.search import query_from_text, subject_similarity
-    from atlascli.steering import NORM_REFERENCE, GenerationConfig, generate, site_norms, steering
+    from atlascli.steering import GenerationConfig, generate, norm_reference, site_norms, steering
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--lambdas", default="35")
@@ -103,6 +103,7 @@ def main() -> None:
                     "(default: tuning 30 + held-out 20)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--prompts", default="", help="'|'-separated prompts (default: bench/concepts.py's 6)")
+    ap.add_argument("--site", default="", help="steer the fits at this site (default: the steering site)")
     ap.add_argument("--out", default="steer_sweep")
     args = ap.parse_args()
     prompts = [p for p in args.prompts.split("|") if p] or PROMPTS
@@ -110,8 +111,8 @@ def main() -> None:
     reg = Registry()
     atlas = resolve_atlas(None, reg)
     methods = args.methods.split(",")
-    fits_by = {m: {int(a.provenance["layer"]): a for a in reg.find("alignment", method=m, atlas=atlas.weights_id)}
-               for m in methods}
+    fits_by = {m: {int(a.provenance["layer"]): a for a in reg.find("alignment", method=m, atlas=atlas.weights_id)
+                   if a.provenance["site"] == (args.site or "mlp")} for m in methods}
     fits = fits_by[methods[0]]
     if not all(fits_by.values()):
         sys.exit("no Procrustes alignment in the registry: run `make demo` first")
@@ -156,7 +157,7 @@ def main() -> None:
                 r_rows += [r / r.norm()] * n_p
             stacks["atlas"][layer] = torch.stack(a_rows)[:, None, :]
             stacks["random"][layer] = torch.stack(r_rows)[:, None, :]
-        lam_l = {layer: lam / NORM_REFERENCE * norms[layer] for layer in layers}
+        lam_l = {layer: lam / norm_reference(site) * norms[layer] for layer in layers}
         gens: dict[str, list[str]] = {}
         for name, d in stacks.items():
             with steering(lm.model, site, d, lam_l):

@@ -2,7 +2,8 @@
 # The main job on the embedded default, end to end, everything cached in the checkout's registry
 # (.cache/atlas-home, which every `atlas` command run inside this checkout then finds by itself):
 # corpus -> Concept Atlas (Gemma 3 270M layer 12 + a TopK SAE trained here, labelled offline)
-# -> translations of SmolLM2-135M-Instruct (MLP neurons, layers 3, 12, 19, 25; all five methods)
+# -> translations of SmolLM2-135M-Instruct (MLP neurons, layers 3, 12, 19, 25; all five methods; and its residual
+#    stream at layers 6 and 9, where steering works: see atlascli/sites.py)
 # -> the user's examples: `atlas search "secrets"`, `atlas steer --concept london --lambda 35`
 # -> translation quality and retrieval of every method (the paper's Tables 3 and 4, on a smaller test set).
 # A second run reuses every artifact.
@@ -12,6 +13,8 @@ atlas=".venv/bin/atlas"
 N=${ATLAS_DEMO_SENTENCES:-10000}      # atlas and fit sentences (the atlas's labelling sentences, so their codes are
                                       # reused by the fit; `atlas atlas build` alone defaults to 12,000)
 TEST=${ATLAS_DEMO_TEST:-1500}         # held-out test sentences for the evaluation tables (the paper: 50% of 1M)
+RESID=$(( N < 6000 ? N : 6000 ))      # sentences of the residual-stream fits that steering uses (the first of the N,
+                                      # so the atlas codes are reused)
 DTYPE=${ATLAS_DEMO_DTYPE:-bfloat16}   # forward passes of both models (2.2x faster than float32 on this CPU's
                                       # AVX-512 BF16; pooled activations agree with float32 at cosine 0.999)
 step() { printf '\n\033[1m== %s\033[0m  (%dm%02ds since the demo started)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
@@ -23,6 +26,8 @@ step "Concept Atlas ($N sentences, 4096 features, k=32, $DTYPE forward passes)"
 $atlas atlas build --train-sentences "$N" --label-sentences "$N" --dtype "$DTYPE"
 step "translations of SmolLM2-135M-Instruct"
 $atlas fit --subject smollm2-135m-instruct --layers 3,12,19,25 --site mlp --method all --limit "$N" --dtype "$DTYPE"
+step "residual-stream translations for steering (layers 6, 9; $RESID sentences)"
+$atlas fit --subject smollm2-135m-instruct --layers 6,9 --site resid --limit "$RESID" --dtype "$DTYPE"
 step "subject activations of $TEST held-out test sentences (examples for search/explain, evaluation)"
 $atlas extract --model smollm2-135m-instruct --layers 3,12,19,25 --site mlp --split test --limit "$TEST" --dtype "$DTYPE"
 step "search: atlas search \"secrets\""

@@ -152,7 +152,7 @@ def test_norm_unit_lambdas_give_a_fixed_share_of_the_token_norm():
 
     vecs = {3: torch.ones(4) * 2.0, 7: torch.tensor([3.0, 4.0, 0.0, 0.0])}
     mult = absolute_lambdas(vecs, 35.0, "norm", {3: 10.0, 7: 2.0})
-    for layer, v in vecs.items():  # lambda 35 = NORM_REFERENCE: |mult * s| = the layer's median token norm
+    for layer, v in vecs.items():  # at MLP neurons lambda 35: |mult * s| = the layer's median token norm
         assert float((mult[layer] * v).norm()) == pytest.approx({3: 10.0, 7: 2.0}[layer])
     half = absolute_lambdas(vecs, 17.5, "norm", {3: 10.0, 7: 2.0})
     assert float((half[3] * vecs[3]).norm()) == pytest.approx(5.0)
@@ -174,3 +174,37 @@ def test_steer_cli_defaults_state_unit_layers_and_template(aligned, capsys):
         assert json.loads(capsys.readouterr().out)["prompts"] == [DEFAULT_PROMPTS[mode]]
     for bad in (["--lambda", ""], ["--lambda", "0,10"], ["--lambda", "x"]):
         assert main(["steer", "--features", "3", "--prompt", "Hi", *bad]) == 2
+
+
+def test_steer_prefers_the_residual_stream_and_search_the_neurons(aligned, tiny_models, capsys):
+    """With fits at two sites, steer uses resid (its default layers and its own lambda reference), search / evaluate
+    keep MLP neurons, and --site picks either explicitly."""
+    from atlascli.fit import FitConfig, fit
+    from atlascli.search import resolve_alignment
+    from atlascli.steering import norm_reference
+
+    atlas, _ = aligned
+    fit(FitConfig(subject=str(tiny_models["llama"]), layers=(1,), site="resid", atlas=atlas.id, dataset="tiny",
+                  limit=150, methods="procrustes"))
+    code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["site"] == "resid" and out["layers"] == [1] and out["layers_default"]
+    assert out["multipliers"]["35.0"]["1"] * out["vector_norms"]["1"] == pytest.approx(
+        35.0 / norm_reference("resid") * out["site_norms"]["1"], rel=1e-5)
+    code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--site", "mlp", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["site"] == "mlp" and out["layers"] == [2]
+    assert main(["steer", "--features", "3", "--prompt", "Hi", "--site", "mlp_out"]) == 2
+    assert "fitted sites: mlp, resid" in capsys.readouterr().err
+    assert resolve_alignment(Registry(), atlas=atlas).provenance["site"] == "mlp"
+    assert resolve_alignment(Registry(), atlas=atlas, site="resid").provenance["layer"] == 1
+
+
+def test_norm_unit_is_calibrated_per_site():
+    from atlascli.steering import absolute_lambdas, norm_reference
+
+    vecs = {3: torch.ones(4) * 2.0}
+    resid = absolute_lambdas(vecs, 35.0, "norm", {3: 10.0}, site="resid")
+    assert float((resid[3] * vecs[3]).norm()) == pytest.approx(10.0 * 35.0 / norm_reference("resid"))
+    assert norm_reference("resid") > norm_reference("mlp")  # the residual stream moves more per unit of norm
+    assert norm_reference("unknown") == norm_reference("mlp")

@@ -36,6 +36,8 @@ def evaluate_cmd(
     layers: str | None = typer.Option(None, help="Layers (default: all fitted with every method)."),
     methods: str | None = typer.Option(None, help="Methods, comma list or all (default: every fitted method)."),
     atlas: str | None = typer.Option(None, help="Atlas (latest by default)."),
+    site: str | None = typer.Option(None, help="Fitted site: mlp | mlp_out | resid (default: mlp neurons when "
+                                               "fitted, the subject features one inspects)."),
     seed: int = typer.Option(0, help="Seed of sampling, baselines and generation."),
     test_limit: int = typer.Option(5000, help="Held-out test sentences for quality and retrieval."),
     features: str | None = typer.Option(None, help="Atlas features for quality, or 'paper' for the paper's 100 (A.6.1, "
@@ -79,7 +81,7 @@ def evaluate_cmd(
     plist = tuple(read_prompts(prompts)) if prompts is not None else None
     lams = tuple(parse_floats(lambdas, "lambdas", "-50,-10,0,10,50"))
     cfg = EvaluateConfig(kinds=kinds, subject=subject, layers=parse_ints(layers, "layers") if layers else None,
-                         methods=methods, atlas=atlas, seed=seed, test_limit=test_limit,
+                         methods=methods, atlas=atlas, site=site, seed=seed, test_limit=test_limit,
                          features=parse_ints(features, "features") if features and features != "paper" else None,
                          paper_features=features == "paper", n_features=n_features,
                          retrieval_features=retrieval_features, set_size=set_size, candidates=candidates,

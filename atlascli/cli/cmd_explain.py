@@ -71,6 +71,8 @@ def explain_cmd(
     layer: int | None = typer.Option(None, "--layer", "-l", help="Subject layer (default: latest alignment's)."),
     subject: str | None = typer.Option(None, help="Subject model (default: that of the latest alignment)."),
     method: str = typer.Option("procrustes", "--method", "-M", help="Translation method."),
+    site: str | None = typer.Option(None, help="Fitted site: mlp | mlp_out | resid (default: mlp neurons when "
+                                               "fitted)."),
     alignment: str | None = typer.Option(None, help="Alignment id (overrides --subject/--layer/--method)."),
     atlas: str | None = typer.Option(None, help="Only alignments to this atlas."),
     top: int = typer.Option(10, help="Atlas concepts per sign."),
@@ -89,7 +91,7 @@ def explain_cmd(
     if not ks:
         raise InputError("no subject feature given", "use --feature 42 or --features 42,77")
     cfg = ExplainConfig(tuple(ks), layer, subject, method, atlas, alignment, top, samples, test_limit, bins, peaks,
-                        device)
+                        device, site=site)
     with err.status("explaining", spinner="dots") if not json_out else _null():
         res = explain(cfg)
     for w in res.warnings:
@@ -151,6 +153,8 @@ def read_cmd(
     layers: str | None = typer.Option(None, "--layer", "--layers", "-l", help="Layer(s): 12 or 3,12 (default: all fitted)."),
     subject: str | None = typer.Option(None, help="Subject model (default: that of the latest alignment)."),
     method: str = typer.Option("procrustes", "--method", "-M", help="Translation method."),
+    site: str | None = typer.Option(None, help="Fitted site: mlp | mlp_out | resid (default: mlp neurons when "
+                                               "fitted)."),
     atlas: str | None = typer.Option(None, help="Only alignments to this atlas."),
     top: int = typer.Option(10, help="Concepts for the whole text."),
     per_token: bool = typer.Option(False, "--per-token", help="Also show concepts per token, with highlighted spans."),
@@ -179,7 +183,7 @@ def read_cmd(
     assert text is not None
     cfg = ReadConfig(text, parse_ints(layers, "layers") if layers else None, subject, method, atlas, top, per_token,
                      centre, token_top, max_tokens, device, coherent_only=not include_incoherent,
-                     standardise=standardise)
+                     standardise=standardise, site=site)
     with err.status("reading", spinner="dots") if not json_out else _null():
         res = read_text(cfg)
     for w in res.warnings:

@@ -65,6 +65,8 @@ def search_cmd(
     alignment: str | None = typer.Option(None, help="Alignment id (most recent matching one by default)."),
     atlas: str | None = typer.Option(None, help="Atlas (latest by default)."),
     method: str = typer.Option("procrustes", help="Translation method."),
+    site: str | None = typer.Option(None, help="Fitted site: mlp | mlp_out | resid (default: mlp neurons when "
+                                               "fitted, the subject features one inspects)."),
     top: int = typer.Option(10, min=1, help="Subject features to show."),
     route: str = typer.Option("auto", help="Text queries: examples (similar labelling sentences' mean code minus "
                                            "the corpus mean), labels (feature labels), auto (examples if stored)."),
@@ -87,7 +89,7 @@ def search_cmd(
     reg = Registry()
     at = resolve_atlas(atlas, reg)
     q = build_query(at, query, features, examples, contrast, top_features, threshold, route, include_incoherent)
-    al = resolve_alignment(reg, alignment, subject, layer, method, at)
+    al = resolve_alignment(reg, alignment, subject, layer, method, at, site)
     res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned)
     if json_out:
         emit_json({"alignment": res.alignment, "atlas": at.id,

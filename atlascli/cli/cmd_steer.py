@@ -15,9 +15,10 @@ def steer_cmd(
     concept: str | None = typer.Option(None, "--concept", "-c", help="Named concept or text query."),
     features: str | None = typer.Option(None, help="Atlas features instead of a concept: 5218,12614:0.5."),
     lam: str | None = typer.Option(None, "--lambda", help="Strength (default 35, or the paper's for its concepts). "
-                                                           "--unit norm: 35 adds a vector as long as a typical token."),
-    unit: str = typer.Option("norm", help="norm (lambda/35 x each layer's median token norm, along the unit "
-                                          "direction of s) or absolute (the paper's lambda * s)."),
+                                                           "--unit norm: 35 is the calibrated strength of the site."),
+    unit: str = typer.Option("norm", help="norm (lambda relative to each layer's median token norm, along the unit "
+                                          "direction of s, calibrated per site so 35 is a good strength) or "
+                                          "absolute (the paper's lambda * s)."),
     prompt: str | None = typer.Option(None, help="Prompt (default: \"Tell me a short story.\" for chat models, "
                                                  "the paper's joke prompt as a raw continuation otherwise)."),
     prompts: Path | None = typer.Option(None, help="File with one prompt per line."),
@@ -25,6 +26,8 @@ def steer_cmd(
     subject: str | None = typer.Option(None, help="Subject model (default: that of the latest alignment)."),
     atlas: str | None = typer.Option(None, help="Atlas (latest by default)."),
     method: str = typer.Option("procrustes", help="Translation method."),
+    site: str | None = typer.Option(None, help="Fitted site to steer: mlp | mlp_out | resid (default: the residual "
+                                               "stream when fitted, else MLP neurons)."),
     max_new_tokens: int = typer.Option(60, min=1, max=4096, help="Tokens to generate."),
     sweep: str | None = typer.Option(None, help="Several lambdas, e.g. -50,-10,0,10,50 (one column each)."),
     random_dir: bool = typer.Option(False, "--random", help="Also steer along a random direction of the same norm."),
@@ -56,7 +59,8 @@ def steer_cmd(
     if (lam is not None or sweep) and not lams:
         raise InputError("no lambda given", "e.g. --lambda 35")
     cfg = SteerConfig(lambdas=tuple(lams), unit=unit, layers=parse_ints(layers, "layers") if layers else (),
-                      subject=subject, method=method, random=random_dir, chat=chat, max_new_tokens=max_new_tokens,
+                      subject=subject, method=method, site=site, random=random_dir, chat=chat,
+                      max_new_tokens=max_new_tokens,
                       sample=sample, seed=seed, default_prompt=prompts is None and not prompt)
     reg = Registry()
     at = resolve_atlas(atlas, reg)
@@ -77,8 +81,10 @@ def steer_cmd(
                    "random_generations": {str(k): v for k, v in res.random_generations.items()}
                    if random_dir else None})
         return
-    unit_text = (" norm units (35 = a typical token's norm at each layer)" if res.unit == "norm"
-                 else " absolute units (the paper's convention)")
+    from atlascli.steering import norm_reference
+
+    unit_text = (f" norm units (35 = {35 / norm_reference(res.site):.0%} of a typical {res.site} token's norm at each "
+                 "layer)" if res.unit == "norm" else " absolute units (the paper's convention)")
     console.print(f"steering {res.subject} layers {res.layers}" + (" (default steering layers)" if res.layers_default
                                                                    else "")
                   + f" at {res.site} ({method}); lambda in{unit_text}"

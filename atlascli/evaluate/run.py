@@ -32,6 +32,8 @@ class EvaluateConfig:
     """Comma list or ``all`` (strict: each must be fitted at every layer); default: every fitted method."""
     atlas: str | None = None
     """Atlas (latest by default)."""
+    site: str | None = None
+    """Fitted site to evaluate (default: MLP neurons when fitted, :data:`atlascli.sites.FEATURE_SITES`)."""
     seed: int = 0
     """Seed of feature sampling, random baselines and generation."""
     test_limit: int = 5000
@@ -115,9 +117,11 @@ class Report:
 
 
 def select_alignments(registry: Registry, atlas: Atlas, subject: str | None, layers: tuple[int, ...] | None,
-                      methods: list[str] | None) -> tuple[str, dict[str, dict[int, Artifact]]]:
-    """method -> layer -> newest alignment. Explicit methods must all be fitted at every layer (the error names what
-    is missing and how to fit it); by default, the layers fitted with the most methods and the methods fitted there."""
+                      methods: list[str] | None, site: str | None = None) -> tuple[str, dict[str, dict[int, Artifact]]]:
+    """method -> layer -> newest alignment at one site (``site``, else the first fitted of
+    :data:`atlascli.sites.FEATURE_SITES`). Explicit methods must all be fitted at every layer (the error names what is
+    missing and how to fit it); by default, the layers fitted with the most methods and the methods fitted there."""
+    from atlascli.sites import FEATURE_SITES, choose_site
     from atlascli.translate.base import METHODS
 
     found = [a for a in registry.find("alignment", atlas=atlas.weights_id)
@@ -126,6 +130,7 @@ def select_alignments(registry: Registry, atlas: Atlas, subject: str | None, lay
         raise InputError(f"no alignment to atlas {atlas.id}" + (f" for {subject}" if subject else ""),
                          "fit some with `atlas fit --layers 3,12,19 --method all`")
     subject = subject or found[-1].provenance["subject"]
+    _, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, FEATURE_SITES)
     table: dict[str, dict[int, Artifact]] = {m: {} for m in (methods or METHODS)}
     for a in found:
         p = a.provenance
@@ -182,7 +187,7 @@ def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Pr
     if on_plan:
         on_plan(plan)
     subject, table = select_alignments(registry, atlas, cfg.subject, cfg.layers,
-                                       parse_methods(cfg.methods) if cfg.methods else None)
+                                       parse_methods(cfg.methods) if cfg.methods else None, cfg.site)
     methods = list(table)
     layers = sorted(next(iter(table.values())))
     from atlascli.judges import redact_url
