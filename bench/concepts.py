@@ -119,6 +119,14 @@ def main() -> None:
         steer_layers = ([int(x) for x in args.steer_layers.split(",") if x]
                         or default_layers(sorted(steer_fits), lm.n_layers, steer_site))
         steer_acts = {layer: fit_activations(layer, steer_site) for layer in steer_layers}
+        if any(v is None for v in steer_acts.values()):  # e.g. the demo fits resid on fewer sentences: the baseline
+            from atlascli.extract import ExtractConfig, extract  # needs the same examples, so extract them all
+
+            fitted_on = reg.get(steer_fits[steer_layers[0]].parents[0], "activations").provenance  # subject side
+            more = Activations(extract(ExtractConfig(model=subject, layers=tuple(steer_layers), site=steer_site,
+                                                     dataset=dataset.id, limit=n_label, dtype=fitted_on["dtype"]),
+                                       reg))
+            steer_acts = {layer: more.dense(layer) for layer in steer_layers}
         norms = site_norms(lm, steer_site, steer_layers, PROMPTS, chat=True)
         unsteered = generate(lm, PROMPTS, gen_cfg)
         unsteered_emb = text_embeddings(unsteered)
