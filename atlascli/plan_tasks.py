@@ -136,7 +136,7 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
                                          f"{p0['site']} (~{fmt_seconds(secs)}, {basis})", n, secs, basis,
                               model=subject, layers=missing))
             disk += n * 4 * info.width(p0["site"]) * len(missing)
-        codes = find_covering(registry, ap["foundation"], fp, "test", int(ap["layer"]), n, sae=atlas.id)
+        codes = find_covering(registry, ap["foundation"], fp, "test", int(ap["layer"]), n, sae=atlas.weights_id)
         if codes is not None:
             steps.append(Step("reuse", f"reuse {codes.id} (atlas test codes)", artifact=codes.id,
                               model=ap["foundation"], layers=[int(ap["layer"])]))

@@ -93,3 +93,18 @@ def test_offline_relabel_of_an_atlas(aligned):
     with pytest.raises(AtlasError):
         relabel_atlas(atlas, labeler=ChatLabeler(model="m", url="http://127.0.0.1:9/v1", retries=1,
                                                  max_consecutive_failures=1))
+
+
+def test_evaluate_plan_after_a_relabel_reuses_the_test_codes(aligned, capsys):
+    """A relabelled atlas shares its SAE, so the atlas test codes extracted for the original serve it: the evaluate
+    plan says reuse (it looked them up by the new atlas id and planned a needless extraction)."""
+    import json
+
+    from atlascli.cli.main import main
+
+    assert main(["evaluate", "quality", "--test-limit", "40", "--json"]) == 0
+    capsys.readouterr()
+    relabel_atlas(aligned[0])
+    assert main(["evaluate", "quality", "--test-limit", "40", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["work"] == [] and any("atlas test codes" in s["text"] for s in plan["steps"])
