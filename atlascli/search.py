@@ -70,6 +70,9 @@ LABEL_THRESHOLD = 0.25
 """Default minimum similarity of the query to a (centred) feature embedding."""
 EXAMPLE_THRESHOLD = 0.2
 """Default minimum similarity of the query to a retrieved example sentence."""
+DENSE_FREQUENCY = 0.25
+"""Features active on at least this share of all labelling sentences are not shown as what a query from examples
+matched (they say how the examples are written, not what about: 45 of the demo atlas's 4,096 are above 0.3)."""
 
 
 def centred_label_embeddings(atlas: Atlas) -> torch.Tensor:
@@ -174,8 +177,10 @@ def _text_via_examples(text: str, q: torch.Tensor, atlas: Atlas, n_examples: int
         examples = []
     top = float(qv[order[0]])
     # shown first: coherent features both raised by the examples and specific to them (lift squared demotes
-    # features that fire on a fifth of all sentences, such as end-of-fragment punctuation); all stay in q
-    show = qv.clamp_min(0) * lift * lift * atlas.coherent.float()
+    # features that fire on a fifth of all sentences); dense features, active on a quarter of all sentences or more
+    # (e.g. one for short fragments labelled '.'), are not shown as the concept; all stay in q
+    dense = atlas.frequency.nan_to_num(0.0) >= DENSE_FREQUENCY
+    show = qv.clamp_min(0) * lift * lift * (atlas.coherent & ~dense).float()
     shown = torch.argsort(show, descending=True)[: max(top_features, 5)].tolist()
     matches = [_match(atlas, i, float(qv[i]) / top) for i in shown]  # weight: share of the largest
     return ConceptQuery(order, [float(qv[i]) for i in order], "text (examples)", matches, examples,

@@ -152,6 +152,12 @@ def test_text_via_examples_is_the_mean_normalised_code_of_the_retrieved_sentence
     want = dense[top].mean(0) - dense.mean(0)
     np.testing.assert_allclose(q.dense(atlas.width).numpy(), want, atol=1e-4)
     assert want[q.matches[0]["index"]] > 0 and q.features[0] == int(np.argmax(want))
+    # a dense feature (active on most sentences) stays in q but is not shown as what the text matched
+    first = q.matches[0]["index"]
+    atlas.__dict__["frequency"] = torch.where(torch.arange(atlas.width) == first, 0.9, 0.01)
+    again = query_from_text(text, atlas, route="examples", n_examples=10, threshold=-1.0)
+    assert first not in [m["index"] for m in again.matches] and first in again.features
+    np.testing.assert_allclose(again.dense(atlas.width).numpy(), want, atol=1e-4)
 
 
 def test_text_via_labels_skips_incoherent_features_and_says_so(aligned):

@@ -79,6 +79,14 @@ class Atlas:
         return torch.tensor([float("nan") if v is None else float(v) for v in vals])
 
     @cached_property
+    def frequency(self) -> torch.Tensor:
+        """[width] share of labelling sentences on which each feature is active (NaN where unknown)."""
+        import torch
+
+        vals = [r.get("frequency") for r in self.labels]
+        return torch.tensor([float("nan") if v is None else float(v) for v in vals])
+
+    @cached_property
     def coherent(self) -> torch.Tensor:
         """[width] bool: features usable for text matching (imported atlases: every labelled feature)."""
         import torch
