@@ -48,8 +48,8 @@ bench: setup
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/hub.py --rounds 7
 	$(BIN)/python bench/distributed.py
-	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py   # these two need `make demo` first
-	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/steer_sweep.py --layer-sets 3,12,19,25 --concepts all
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py --out concepts_demo_resid   # these two need `make demo`
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/steer_sweep.py --layer-sets 6,9 --concepts all --out steer_sweep_resid
 
 lint: setup
 	$(BIN)/ruff check atlascli tests bench scripts examples

@@ -7,8 +7,9 @@ unsteered ones. Reports MiniLM cosine to the concept (as bench/concepts.py), the
 both unsteered and random by 0.02, and fluency: the mean per-token negative log-likelihood of the continuation under
 the *unsteered* model (lower = more fluent; unsteered text is the reference) and the share of distinct bigrams.
 
-Writes bench/results/steer_sweep.json. Needs the demo registry (`make demo`).
-Usage: python bench/steer_sweep.py [--lambdas 35,50] [--layer-sets 3,12,19/3,12,19,25] [--variants full,top32]
+Steers the fits at `atlas steer`'s site (the residual stream when fitted; `--site mlp` for the neurons).
+Writes bench/results/steer_sweep.json (`--out NAME`). Needs the demo registry (`make demo`).
+Usage: python bench/steer_sweep.py [--lambdas 35,50] [--layer-sets 6/6,9] [--variants full,top32] [--site mlp]
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ def main() -> None:
     reg = Registry()
     atlas = resolve_atlas(None, reg)
     methods = args.methods.split(",")
-    fits_by = {m: {int(a.provenance["layer"]): a for a in reg.find("alignment", method=m, atlas=atlas.weights_id)
-                   if a.provenance["site"] == (args.site or "mlp")} for m in methods}
+    from atlascli.sites import STEER_SITES, choose_site
+
+    fits_by = {m: {int(a.provenance["layer"]): a for a in choose_site(
+        reg.find("alignment", method=m, atlas=atlas.weights_id), args.site or None, STEER_SITES)[1]} for m in methods}
     fits = fits_by[methods[0]]
     if not all(fits_by.values()):
         sys.exit("no Procrustes alignment in the registry: run `make demo` first")
