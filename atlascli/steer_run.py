@@ -100,6 +100,20 @@ class SteerOutcome:
     """Median token norm per layer on the prompts."""
     random_generations: dict[float, list[str]] = field(default_factory=dict)
     """With ``random``: lambda -> continuations steered along a random direction of the same norm."""
+    note: str | None = None
+    """Advice shown with the result (e.g. how to fit the residual stream when only neurons are fitted)."""
+
+
+def resid_advice(subject: str, site: str, n_layers: int) -> str | None:
+    """When steering fell back to a site other than the residual stream: the fit that would steer better."""
+    if site == "resid":
+        return None
+    lo, hi = STEER_DEPTH["resid"]
+    layers = sorted({max(1, round(lo * n_layers + (hi - lo) * n_layers / 4)),
+                     round(lo * n_layers + 3 * (hi - lo) * n_layers / 4)})
+    return (f"steering at {site}: the residual stream of {subject} is not fitted (on SmolLM2 it moved 93% of 30 "
+            f"concepts against 77% for MLP neurons, at the same fluency); `atlas fit --subject {subject} --site resid "
+            f"--layers {','.join(map(str, layers))}` makes it the default")
 
 
 def default_layers(fitted: list[int], n_layers: int, site: str = "mlp") -> list[int]:
@@ -172,4 +186,5 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
                           per_unit).generations
     mult = {lam: {layer: lam * m for layer, m in per_unit.items()} for lam in sweep if lam}
     return SteerOutcome(query, subject, site, sorted(vectors), not cfg.layers, cfg.unit, lam_source, chat, prompts,
-                        out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, rnd)
+                        out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, rnd,
+                        resid_advice(subject, site, n_layers) if cfg.site is None else None)

@@ -161,10 +161,14 @@ def test_norm_unit_lambdas_give_a_fixed_share_of_the_token_norm():
         absolute_lambdas(vecs, 35.0, "percent")
 
 
-def test_steer_cli_defaults_state_unit_layers_and_template(aligned, capsys):
+def test_steer_cli_defaults_state_unit_layers_and_template(aligned, tiny_models, capsys):
     code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["unit"] == "norm" and out["lambda_source"] == "default"
+    # only neurons are fitted: the output says how to fit the residual stream (tiny Llama: 4 layers -> layer 1)
+    assert out["site"] == "mlp" and f"atlas fit --subject {tiny_models['llama']} --site resid --layers 1" in out["note"]
+    assert main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "2", "--site", "mlp", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["note"] is None  # asked for explicitly: no advice
     assert out["layers_default"] is True and out["layers"] == [2]
     assert set(out["generations"]) == {"0.0", "35.0"}
     from atlascli.steer_run import DEFAULT_PROMPTS
@@ -189,6 +193,7 @@ def test_steer_prefers_the_residual_stream_and_search_the_neurons(aligned, tiny_
     code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["site"] == "resid" and out["layers"] == [1] and out["layers_default"]
+    assert out["note"] is None
     assert out["multipliers"]["35.0"]["1"] * out["vector_norms"]["1"] == pytest.approx(
         35.0 / norm_reference("resid") * out["site_norms"]["1"], rel=1e-5)
     code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--site", "mlp", "--json"])

@@ -79,7 +79,7 @@ def steer_cmd(
                    "vector_norms": res.vector_norms, "site_norms": res.site_norms, "prompts": res.prompts,
                    "generations": {str(k): v for k, v in res.generations.items()},
                    "random_generations": {str(k): v for k, v in res.random_generations.items()}
-                   if random_dir else None})
+                   if random_dir else None, "note": res.note})
         return
     from atlascli.steering import norm_reference
 
@@ -90,6 +90,8 @@ def steer_cmd(
                   + f" at {res.site} ({method}); lambda in{unit_text}"
                   + (f"; lambda from {res.lambda_source}" if res.lambda_source != "given" else "")
                   + ("; chat template" if res.chat else "; raw prompt"), highlight=False)
+    if res.note:
+        console.print(f"[dim]note: {res.note}[/]", highlight=False)
     for i, pr in enumerate(res.prompts):
         table = Table(title=f"prompt: {pr}", show_lines=True)
         cols = []
