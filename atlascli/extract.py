@@ -174,9 +174,9 @@ def _position_dtype(cfg: ExtractConfig) -> torch.dtype:
     return torch.uint8 if cfg.max_length <= 256 else torch.int32
 
 
-def _stored_without_loading(cfg: ExtractConfig, registry: Registry, dataset: Artifact) -> Artifact | None:
-    """The published result of ``cfg`` when it can be named without loading the model (a zoo model or a local
-    one, whose revision comes from cached file hashes; no SAE or an atlas by exact id), else None."""
+def _identity_without_loading(cfg: ExtractConfig, registry: Registry) -> tuple[str, dict[str, Any] | None] | None:
+    """(revision, SAE provenance) of ``cfg``'s result when they are known without loading the model (a zoo model or
+    a local one, whose revision comes from cached file hashes; no SAE or an atlas by exact id), else None."""
     from atlascli.models import local_revision
 
     if cfg.revision is not None or world(cfg.device).size > 1:
@@ -187,8 +187,15 @@ def _stored_without_loading(cfg: ExtractConfig, registry: Registry, dataset: Art
             return None
         sae_prov = {"sae": cfg.sae, "sae_source": "atlas"}
     revision = local_revision(cfg.model)
-    if revision is None:
+    return None if revision is None else (revision, sae_prov)
+
+
+def _stored_without_loading(cfg: ExtractConfig, registry: Registry, dataset: Artifact) -> Artifact | None:
+    """The published result of ``cfg`` when it can be named without loading the model, else None."""
+    known = _identity_without_loading(cfg, registry)
+    if known is None:
         return None
+    revision, sae_prov = known
     ds_fp = dataset.provenance["dataset_fingerprint"]
     art_id = _artifact_id(cfg, revision, ds_fp, sae_prov)
     if registry.exists(art_id, "activations"):
@@ -216,20 +223,11 @@ def find_prefix(cfg: ExtractConfig, revision: str | None, ds_fp: str, sae_prov: 
 def stored_prefix(cfg: ExtractConfig, registry: Registry) -> Artifact | None:
     """:func:`find_prefix` for ``cfg`` without loading the model (zoo or local models, whose revision comes from
     cached file hashes); None when there is none or the revision is not known without loading."""
-    from atlascli.models import local_revision
-
-    if cfg.limit is None or cfg.revision is not None or world(cfg.device).size > 1:
-        return None
-    sae_prov = None
-    if cfg.sae:
-        if not registry.exists(cfg.sae, "atlas"):
-            return None
-        sae_prov = {"sae": cfg.sae, "sae_source": "atlas"}
-    revision = local_revision(cfg.model)
-    if revision is None:
+    known = None if cfg.limit is None else _identity_without_loading(cfg, registry)
+    if known is None:
         return None
     dataset = resolve_dataset(cfg.dataset, registry)
-    return find_prefix(cfg, revision, dataset.provenance["dataset_fingerprint"], sae_prov, registry)
+    return find_prefix(cfg, known[0], dataset.provenance["dataset_fingerprint"], known[1], registry)
 
 
 def extract(cfg: ExtractConfig, registry: Registry | None = None, progress: ProgressFn | None = None,

@@ -131,16 +131,9 @@ def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: s
                   site: str | None = None) -> tuple[str, str, list[int]]:
     """The subject (given or latest), the steering site (given, else the first of
     :data:`atlascli.sites.STEER_SITES` that is fitted) and the layers with a ``method`` alignment to ``atlas`` there."""
-    from atlascli.sites import STEER_SITES, choose_site
+    from atlascli.steering import steering_alignments
 
-    found = [a for a in registry.find("alignment", method=method, atlas=atlas.weights_id)
-             if subject is None or a.provenance["subject"] == subject]
-    if not found:
-        what = f"{subject} " if subject else ""
-        raise InputError(f"no {method} alignment of {what}to atlas {atlas.id}",
-                         "fit one with `atlas fit --layers ...`")
-    subject = subject or found[-1].provenance["subject"]
-    site, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, STEER_SITES)
+    subject, site, found = steering_alignments(registry, atlas, subject, method, site)
     return subject, site, sorted({int(a.provenance["layer"]) for a in found})
 
 

@@ -185,19 +185,30 @@ def steer_sweep(lm: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: l
     return SteerResult(prompts, out, sorted(vectors), {k: float(v.norm()) for k, v in vectors.items()})
 
 
-def concept_vectors(query: Any, registry: Any, atlas: Any, subject: str | None, layers: list[int] | None,
-                    method: str = "procrustes", site: str | None = None) -> tuple[dict[int, torch.Tensor], list[Any]]:
-    """s_c = T_hat q / |q| at each layer, from that layer's alignment (all fitted layers by default) at ``site``
-    (default: the steering site among those fitted, :data:`atlascli.sites.STEER_SITES`)."""
-    from atlascli.search import subject_similarity
+def steering_alignments(registry: Any, atlas: Any, subject: str | None, method: str,
+                        site: str | None = None) -> tuple[str, str, list[Any]]:
+    """The subject (given or latest), the steering site (given, else the first of
+    :data:`atlascli.sites.STEER_SITES` that is fitted) and its ``method`` alignments to ``atlas`` there, oldest first."""
     from atlascli.sites import STEER_SITES, choose_site
 
     found = [a for a in registry.find("alignment", method=method, atlas=atlas.weights_id)
              if subject is None or a.provenance["subject"] == subject]
     if not found:
-        raise InputError(f"no {method} alignment to atlas {atlas.id}", "fit one with `atlas fit --layers ...`")
+        what = f"of {subject} " if subject else ""
+        raise InputError(f"no {method} alignment {what}to atlas {atlas.id}",
+                         "fit one with `atlas fit --layers ...`")
     subject = subject or found[-1].provenance["subject"]
     site, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, STEER_SITES)
+    return subject, site, found
+
+
+def concept_vectors(query: Any, registry: Any, atlas: Any, subject: str | None, layers: list[int] | None,
+                    method: str = "procrustes", site: str | None = None) -> tuple[dict[int, torch.Tensor], list[Any]]:
+    """s_c = T_hat q / |q| at each layer, from that layer's alignment (all fitted layers by default) at ``site``
+    (default: the steering site among those fitted, :data:`atlascli.sites.STEER_SITES`)."""
+    from atlascli.search import subject_similarity
+
+    subject, site, found = steering_alignments(registry, atlas, subject, method, site)
     by_layer: dict[int, Any] = {}
     for a in found:
         by_layer[int(a.provenance["layer"])] = a  # the newest wins

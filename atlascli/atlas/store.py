@@ -70,21 +70,22 @@ class Atlas:
         p = self.artifact.provenance
         return int(p.get("labels_version", 2 if p.get("source") == "imported" else 1))
 
+    def _per_feature(self, key: str) -> torch.Tensor:
+        """[width] float of a per-feature label field, NaN where a feature does not record it."""
+        import torch
+
+        vals = [r.get(key) for r in self.labels]
+        return torch.tensor([float("nan") if v is None else float(v) for v in vals])
+
     @cached_property
     def coherence(self) -> torch.Tensor:
         """[width] coherence of each feature (NaN where unknown: imported or old atlases, rare features)."""
-        import torch
-
-        vals = [r.get("coherence") for r in self.labels]
-        return torch.tensor([float("nan") if v is None else float(v) for v in vals])
+        return self._per_feature("coherence")
 
     @cached_property
     def frequency(self) -> torch.Tensor:
         """[width] share of labelling sentences on which each feature is active (NaN where unknown)."""
-        import torch
-
-        vals = [r.get("frequency") for r in self.labels]
-        return torch.tensor([float("nan") if v is None else float(v) for v in vals])
+        return self._per_feature("frequency")
 
     @cached_property
     def coherent(self) -> torch.Tensor:
