@@ -213,7 +213,7 @@ def explain(cfg: ExplainConfig, registry: Registry | None = None, lm: Any | None
 
 def _test_side(art: Artifact, feats: list[int], cfg: ExplainConfig,
                registry: Registry) -> tuple[dict[int, list[Example]], dict[int, Histogram | None], int, Any]:
-    from atlascli.search import top_examples
+    from atlascli.samples import top_examples
     from atlascli.search_run import test_activations
 
     layer = int(art.provenance["layer"])

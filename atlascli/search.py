@@ -14,6 +14,7 @@ from atlascli.atlas.store import Atlas
 from atlascli.errors import InputError, NotFoundError
 from atlascli.query import ConceptQuery
 from atlascli.registry import Artifact, Registry
+from atlascli.samples import aligned_sentences, top_examples
 from atlascli.translate import StoredTranslation
 
 _FEAT = re.compile(r"^\s*(\d+)\s*(?::\s*([-+0-9.eE]+))?\s*$")
@@ -181,7 +182,10 @@ def _text_via_examples(text: str, q: torch.Tensor, atlas: Atlas, n_examples: int
     # (e.g. one for short fragments labelled '.'), are not shown as the concept; all stay in q
     dense = atlas.frequency.nan_to_num(0.0) >= DENSE_FREQUENCY
     show = qv.clamp_min(0) * lift * lift * (atlas.coherent & ~dense).float()
-    shown = torch.argsort(show, descending=True)[: max(top_features, 5)].tolist()
+    n_show = max(top_features, 5)
+    shown = [i for i in torch.argsort(show, descending=True)[:n_show].tolist() if show[i] > 0]
+    if not shown:  # no coherent, non-dense feature is raised: show the raised ones as they are
+        shown = [i for i in order[:n_show] if qv[i] > 0]
     matches = [_match(atlas, i, float(qv[i]) / top) for i in shown]  # weight: share of the largest
     return ConceptQuery(order, [float(qv[i]) for i in order], "text (examples)", matches, examples,
                         coverage_note(text, atlas, [m["label"] for m in matches]))
@@ -301,29 +305,6 @@ class SubjectFeature:
     """Max-activating test-split sentences with their activation."""
 
 
-def aligned_sentences(acts: Any, layer: int, s: torch.Tensor, sentences: list[str],
-                      n: int = 5) -> list[tuple[float, str]]:
-    """Test sentences whose (centred, L2-normalised) subject activation is most similar to s: the
-    ranking of the paper's translation-quality evaluation (4.3.1). Two streaming passes over the shards."""
-    total, count = None, 0
-    for shard in acts.shards(layer):
-        part = shard.dense.double().sum(0)
-        total = part if total is None else total + part
-        count += shard.dense.shape[0]
-    if total is None or count == 0:
-        return []
-    mean = (total / count).float()
-    direction = s / s.norm().clamp_min(1e-30)
-    best: list[tuple[float, int]] = []
-    for shard in acts.shards(layer):
-        x = torch.nn.functional.normalize(shard.dense - mean, dim=1)
-        scores = x @ direction
-        k = min(n, len(scores))
-        vals, idx = scores.topk(k)
-        best = sorted(best + [(float(v), int(shard.index[i])) for v, i in zip(vals, idx)], key=lambda t: -t[0])[:n]
-    return [(v, sentences[i]) for v, i in best]
-
-
 @dataclass(frozen=True)
 class SearchResult:
     """What `atlas search` shows."""
@@ -337,7 +318,7 @@ class SearchResult:
     similarity: torch.Tensor
     """The full s vector [ds]."""
     aligned: list[tuple[float, str]] = field(default_factory=list)
-    """Test sentences whose subject activations are most similar to s (cosine, centred)."""
+    """Test sentences whose subject activations are most similar to s (`samples.aligned_sentences`)."""
 
 
 def subject_similarity(query: ConceptQuery, alignment: Artifact) -> torch.Tensor:
@@ -346,26 +327,11 @@ def subject_similarity(query: ConceptQuery, alignment: Artifact) -> torch.Tensor
     return tr.similarity(query.features, query.weights)
 
 
-def top_examples(acts: Any, layer: int, features: list[int], sentences: list[str],
-                 n: int = 3) -> dict[int, list[tuple[float, str]]]:
-    """Max-activating sentences per subject feature, streamed over the shards (memory ~ shard size)."""
-    best: dict[int, list[tuple[float, int]]] = {f: [] for f in features}
-    cols = torch.tensor(features)
-    for shard in acts.shards(layer):
-        block = shard.dense[:, cols]
-        k = min(n, block.shape[0])
-        vals, idx = block.topk(k, dim=0)
-        for j, f in enumerate(features):
-            best[f].extend((float(v), int(shard.index[i])) for v, i in zip(vals[:, j], idx[:, j]))
-            best[f] = sorted(best[f], key=lambda t: -t[0])[:n]
-    return {f: [(v, sentences[i]) for v, i in lst] for f, lst in best.items()}
-
-
 def search(query: ConceptQuery, alignment: Artifact, top: int = 10, examples: int = 3,
            test_acts: Any | None = None, test_sentences: list[str] | None = None,
-           negative: bool = False, n_aligned: int = 5) -> SearchResult:
+           negative: bool = False, n_aligned: int = 5, aligned_metric: str = "standardised") -> SearchResult:
     """Rank subject features by eq. 3; with test activations, attach each feature's max-activating
-    sentences and the sentences most aligned with s."""
+    sentences and the sentences most aligned with s (under ``aligned_metric``, see `samples.ALIGNMENT_METRICS`)."""
     s = subject_similarity(query, alignment)
     order = torch.argsort(s, descending=not negative)[:top].tolist()
     ex: dict[int, list[tuple[float, str]]] = {}
@@ -375,6 +341,7 @@ def search(query: ConceptQuery, alignment: Artifact, top: int = 10, examples: in
         if examples > 0:
             ex = top_examples(test_acts, layer, order, test_sentences, examples)
         if n_aligned > 0:
-            aligned = aligned_sentences(test_acts, layer, -s if negative else s, test_sentences, n_aligned)
+            aligned = aligned_sentences(test_acts, layer, -s if negative else s, test_sentences, n_aligned,
+                                        aligned_metric)
     feats = [SubjectFeature(i, float(s[i]), ex.get(i, [])) for i in order]
     return SearchResult(query, alignment.id, feats, s, aligned)

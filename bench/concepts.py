@@ -5,7 +5,7 @@ For each concept, the labelling sentences most similar to it (MiniLM) are its ex
 - **supervised** (what a steering-vectors / repeng user builds from the same examples, without an atlas): the
   mean subject activation of the examples minus the mean over all fit sentences, per layer.
 Per concept it reports the matched atlas features; the **search gain** (mean MiniLM cosine to the concept of the
-20 test sentences most aligned with the direction, centred cosine as `atlas search` ranks them, minus that of
+20 test sentences most aligned with the direction, ranked as `atlas search` ranks them, minus that of
 random test sentences) for both; the gain of the top-5 subject features' own max-activating test sentences; and
 **steering** on 6 of the paper's seed prompts (MiniLM cosine of unsteered, atlas-steered, random-direction and
 supervised-steered generations to the concept), all at the same strength in the same unit. Search runs on the fits
@@ -57,6 +57,7 @@ def main() -> None:
     from atlascli.extract import Activations, find_covering
     from atlascli.models import load_model
     from atlascli.registry import Registry
+    from atlascli.samples import alignment_scores
     from atlascli.search import query_from_text, subject_similarity
     from atlascli.search_run import test_activations
     from atlascli.sites import FEATURE_SITES, STEER_SITES, choose_site
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--site", default="", help="site of the search fits (default: atlas search's)")
     ap.add_argument("--steer-site", default="", help="site of the steering fits (default: atlas steer's)")
     ap.add_argument("--no-steer", action="store_true")
+    ap.add_argument("--ranking", default="standardised", choices=["standardised", "centred"],
+                    help="how test sentences are ranked along a direction (as `atlas search --aligned-metric`)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--test-limit", type=int, default=5000)
     ap.add_argument("--out", default="concepts")
@@ -106,6 +109,9 @@ def main() -> None:
     for layer in layers:
         acts, sentences = test_activations(fits[layer], args.test_limit, reg)
         test[layer] = acts.dense(layer)
+    # the ranking `atlas search` shows (samples.aligned_sentences: standardised; --ranking centred for the paper's)
+    moments = {layer: (x.double().mean(0), x.double().std(0, unbiased=False) if args.ranking == "standardised"
+                       else None) for layer, x in test.items()}
     n_test = next(iter(test.values())).shape[0]
     test_sents = sentences[:n_test]
     test_emb = embed(test_sents)
@@ -156,12 +162,12 @@ def main() -> None:
                 dirs["supervised_norm"][layer] = fn[ex_idx].mean(0) - fn.mean(0)
             if layer not in test:
                 continue
-            x = torch.nn.functional.normalize(test[layer] - test[layer].mean(0), dim=1)
+            mean, sd = moments[layer]
             res = {}
             for name, d in ((k, v.get(layer)) for k, v in dirs.items()):
                 if d is None:
                     continue
-                top = torch.topk(x @ (d / d.norm()), 20).indices.tolist()
+                top = torch.topk(alignment_scores(test[layer], d, mean, sd), 20).indices.tolist()
                 feats = torch.topk(d, 5).indices
                 own = torch.topk(test[layer][:, feats], 3, dim=0).indices.flatten().unique().tolist()
                 res[name] = {"gain": round(_gain(top, sims_test, base), 4),
@@ -202,7 +208,7 @@ def main() -> None:
               f"sup {srch.get('supervised', {}).get('gain', float('nan')):+.3f}  steer "
               + " ".join(f"{k}={v:.3f}" for k, v in row.get("steer", {}).items())
               + f"  | {'; '.join(row['matched'][:3])}", flush=True)
-    write(args.out, {"atlas": atlas.id, "subject": subject, "layers": layers, "route": args.route,
+    write(args.out, {"atlas": atlas.id, "subject": subject, "layers": layers, "route": args.route, "ranking": args.ranking,
                      "site": p0["site"], "steer_site": steer_site,
                      "steer_layers": None if lm is None else steer_layers, "lambda_norm_units": args.lam,
                      "n_examples": args.examples, "n_test": n_test, "concepts": rows,

@@ -133,7 +133,7 @@ def test_explain_cli_bad_input_one_line(capsys) -> None:
 
 def test_explain_on_tiny_models_examples_peaks_histogram(aligned, tiny_models, capsys, monkeypatch) -> None:
     from atlascli.models import load_model
-    from atlascli.search import top_examples
+    from atlascli.samples import top_examples
     from atlascli.search_run import test_activations
 
     atlas, fits = aligned

@@ -113,24 +113,6 @@ def test_similarity_is_negated_for_negative_search(aligned, tiny_models):
     assert torch.equal(hi.similarity, lo.similarity)
 
 
-def test_aligned_sentences_match_numpy_reference(aligned, tiny_models):
-    from atlascli.search import aligned_sentences, subject_similarity
-    from atlascli.search_run import test_activations
-
-    atlas, _ = aligned
-    reg = Registry()
-    proc = resolve_alignment(reg, None, None, 2, "procrustes", atlas)
-    acts, sentences = test_activations(proc, 100, reg)
-    s = subject_similarity(query_from_features("3,10", atlas), proc)
-    got = aligned_sentences(acts, 2, s, sentences, n=4)
-    X = acts.dense(2).double().numpy()
-    Xc = X - X.mean(0)
-    cos = (Xc / np.linalg.norm(Xc, axis=1, keepdims=True)) @ (s.double().numpy() / np.linalg.norm(s.numpy()))
-    np.testing.assert_allclose([v for v, _ in got], np.sort(cos)[::-1][:4], rtol=1e-4)
-    for v, t in got:
-        assert cos[sentences.index(t)] == pytest.approx(v, rel=1e-4)
-
-
 def test_text_via_examples_is_the_mean_normalised_code_of_the_retrieved_sentences_minus_the_corpus_mean(aligned):
     from atlascli.embed import embed
     from atlascli.search import query_from_text
@@ -212,3 +194,17 @@ def test_coverage_note_names_query_words_no_coherent_feature_is_labelled_with():
     assert coverage_note("the dogs", atlas, labels[3:]) is None  # plural of a labelled word, stop word ignored
     assert coverage_note("cities and the towns", atlas, labels[:1]) is None  # -ies -> -y
     assert coverage_note("the of and", atlas, labels) is None  # nothing but stop words
+
+
+def test_text_via_examples_never_shows_a_feature_the_examples_do_not_raise(aligned, monkeypatch):
+    """With no coherent feature raised (all marked incoherent here), the shown matches are the raised features,
+    not whatever an all-zero ranking puts first."""
+    from atlascli.atlas.store import Atlas
+    from atlascli.search import query_from_text
+
+    atlas, _ = aligned
+    monkeypatch.setattr(Atlas, "coherent", property(lambda self: torch.zeros(self.width, dtype=torch.bool)))
+    q = query_from_text("the dog and the cat", atlas, route="examples", n_examples=10, threshold=-1.0)
+    assert q.matches and all(m["weight"] > 0 for m in q.matches)
+    w = dict(zip(q.features, q.weights))
+    assert [m["index"] for m in q.matches] == [f for f in q.features if w[f] > 0][:len(q.matches)]

@@ -78,6 +78,9 @@ def search_cmd(
     test_limit: int | None = typer.Option(None, min=1, help="Test sentences scanned for max-activating examples "
                                                          "(default: those already extracted, else 5000)."),
     aligned: int = typer.Option(5, min=0, help="Test sentences most aligned with s to show (0 = none)."),
+    aligned_metric: str = typer.Option("standardised", help="How they are ranked: standardised (cosine with each "
+                                                            "subject dimension in units of its spread) or centred "
+                                                            "(the paper's 4.3.1 ranking)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Find the subject features that encode a concept (eq. 3) and show what activates them."""
@@ -90,7 +93,7 @@ def search_cmd(
     at = resolve_atlas(atlas, reg)
     q = build_query(at, query, features, examples, contrast, top_features, threshold, route, include_incoherent)
     al = resolve_alignment(reg, alignment, subject, layer, method, at, site)
-    res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned)
+    res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned, aligned_metric)
     if json_out:
         emit_json({"alignment": res.alignment, "atlas": at.id,
                    "query": {"source": q.source, "matches": q.matches, "examples": q.examples,
@@ -98,7 +101,8 @@ def search_cmd(
                    "features": [{"index": f.index, "score": f.score,
                                  "examples": [{"activation": v, "text": t} for v, t in f.examples]}
                                 for f in res.features],
-                   "aligned_sentences": [{"similarity": v, "text": t} for v, t in res.aligned]})
+                   "aligned_sentences": [{"similarity": v, "text": t} for v, t in res.aligned],
+                   "aligned_metric": aligned_metric})
         return
     render_query(q, at)
     p = al.provenance
@@ -109,7 +113,7 @@ def search_cmd(
         st.add_row(str(f.index), f"{f.score:.3f}", "\n".join(f"[dim]{v:.2f}[/] {t}" for v, t in f.examples))
     console.print(st)
     if res.aligned:
-        at_ = Table(title="test sentences whose subject activations are most aligned with s (cosine, centred)")
+        at_ = Table(title=f"test sentences whose subject activations are most aligned with s (cosine, {aligned_metric})")
         at_.add_column("cos")
         at_.add_column("sentence")
         for v, t in res.aligned:
