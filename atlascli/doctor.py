@@ -69,6 +69,19 @@ def _network(rep: Report) -> None:
     rep.facts["hf_endpoint"] = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     token = bool(os.environ.get("HF_TOKEN")) or (Path.home() / ".cache" / "huggingface" / "token").exists()
     rep.facts["hf_token"] = token
+    if not offline:
+        from atlascli.errors import AtlasError
+        from atlascli.registry.hub import check_resolvable
+
+        try:
+            check_resolvable()
+        except AtlasError as exc:
+            rep.facts["hub_reachable"] = False
+            rep.findings.append(Finding("network", "warn", f"online mode, but {exc.message}: Hub ids and atlas "
+                                        "publish/pull/hub ls will fail; zoo models and the registry work",
+                                        "check the network, or set HF_HUB_OFFLINE=1"))
+            return
+        rep.facts["hub_reachable"] = True
     rep.findings.append(Finding("network", "ok", ("offline (HF_HUB_OFFLINE=1): zoo models and cached Hub models only"
                                                   if offline else "online mode: Hub ids download on first use")
                                 + ("; a Hub token is set" if token else "; no Hub token (needed for atlas publish)")))

@@ -56,6 +56,16 @@ class ExplainConfig:
     site: str | None = None
     """Fitted site (None: MLP neurons when fitted, :data:`atlascli.sites.FEATURE_SITES`)."""
 
+    def __post_init__(self) -> None:
+        from atlascli.models import resolve_device
+        from atlascli.translate import check_method
+
+        check_method(self.method)
+        resolve_device(self.device)
+        if self.samples < 0 or self.bins < 1 or self.top < 1:
+            raise InputError(f"samples must be >= 0, bins and top >= 1 (got {self.samples}, {self.bins}, {self.top})",
+                             "e.g. --samples 5 --bins 12 --top 10")
+
 
 @dataclass(frozen=True)
 class Example:

@@ -79,20 +79,24 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
     data, judge) and say what it will compute and reuse."""
     from atlascli.activations import find_covering
     from atlascli.atlas import resolve_atlas
-    from atlascli.evaluate.run import KINDS, select_alignments
+    from atlascli.evaluate.run import select_alignments
     from atlascli.judges import parse_judge
     from atlascli.translate import parse_methods
 
     registry = registry or Registry()
-    bad = [k for k in cfg.kinds if k not in KINDS]
-    if bad or not cfg.kinds:
-        raise InputError(f"unknown evaluation {bad or 'none'}", f"use {', '.join(KINDS)} or all")
     check_runtime(cfg.device, "float32")
     check_limit(cfg.test_limit, "--test-limit")
     parse_judge(cfg.judge, cfg.judge_url)
     atlas = resolve_atlas(cfg.atlas, registry)
+    if cfg.paper_features and "quality" in cfg.kinds:
+        from atlascli.concepts import paper_features
+
+        paper_features(atlas)  # the paper's features exist only on its atlas
     subject, table = select_alignments(registry, atlas, cfg.subject, cfg.layers,
                                        parse_methods(cfg.methods) if cfg.methods else None, cfg.site)
+    from atlascli.evaluate.retrieval_run import precheck_concept_sets
+
+    precheck_concept_sets(cfg, table)  # a bad --concept-sets file is refused before any extraction
     arts = [a for t in table.values() for a in t.values()]
     layers = sorted(next(iter(table.values())))
     p0 = arts[0].provenance

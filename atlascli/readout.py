@@ -58,7 +58,9 @@ def find_alignments(registry: Registry, layers: list[int] | None, subject: str |
             raise InputError(f"alignment {art.id} is of layer {art.provenance['layer']}, not {layers}",
                              "drop --layer or pick another alignment")
         return [art]
-    cands = registry.find("alignment", method=method)
+    from atlascli.translate import check_method
+
+    cands = registry.find("alignment", method=check_method(method))
     if atlas is not None:
         atlas_id = resolve_atlas_id(atlas, registry)
         cands = [a for a in cands if a.provenance.get("atlas") == atlas_id]
@@ -70,10 +72,11 @@ def find_alignments(registry: Registry, layers: list[int] | None, subject: str |
 
         _, cands = choose_site(cands, site, FEATURE_SITES)
     if not cands:
-        have = sorted({(a.provenance.get("subject"), a.provenance.get("method")) for a in registry.list("alignment")})
-        raise NotFoundError(f"no {method} alignment" + (f" of {subject}" if subject else "") + " in the registry",
-                            f"fit one with {_fit_hint(subject, layers[0] if layers else 12, method)}; "
-                            f"existing (subject, method): {have[:6] if have else 'none'}")
+        from atlascli.sites import fitted_summary
+
+        raise NotFoundError(f"no {method} alignment" + (f" of {subject}" if subject else "") + " in the registry "
+                            f"(fitted: {fitted_summary(registry.list('alignment'))})",
+                            f"fit one with {_fit_hint(subject, layers[0] if layers else 12, method)}")
     if not layers and atlas is None:  # every fitted layer: those aligned to the most recent atlas
         cands = [a for a in cands if a.provenance.get("atlas") == cands[-1].provenance.get("atlas")]
     by_layer: dict[int, Artifact] = {}

@@ -264,11 +264,13 @@ def resolve_alignment(registry: Registry, alignment: str | None = None, subject:
                       site: str | None = None) -> Artifact:
     """The named alignment, else the most recent one matching subject / layer / method / atlas at ``site`` (default:
     the first fitted of :data:`atlascli.sites.FEATURE_SITES`, MLP neurons before the residual stream)."""
-    from atlascli.sites import FEATURE_SITES, choose_site
+    from atlascli.sites import FEATURE_SITES, choose_site, fitted_summary
+    from atlascli.translate import check_method
 
     if alignment:
         art = registry.get(alignment, "alignment")
     else:
+        check_method(method)
         match: dict[str, Any] = {"method": method}
         if subject:
             match["subject"] = subject
@@ -281,11 +283,12 @@ def resolve_alignment(registry: Registry, alignment: str | None = None, subject:
             subj = subject or found[-1].provenance["subject"]
             _, found = choose_site([a for a in found if a.provenance["subject"] == subj], site, FEATURE_SITES)
         if not found:
-            what = ", ".join(f"{k}={v}" for k, v in match.items())
-            have = sorted({(a.provenance["subject"], a.provenance["layer"], a.provenance["method"])
-                           for a in registry.list("alignment")})
-            raise NotFoundError(f"no alignment with {what}",
-                                f"fit one with `atlas fit`; existing: {have[:6] if have else 'none'}")
+            what = ", ".join(f"{k}={v}" for k, v in match.items() if k != "atlas")
+            fitted = fitted_summary(registry.find("alignment", atlas=atlas.weights_id) if atlas is not None
+                                    else registry.list("alignment"))
+            fix = (f"`atlas fit --subject {subject or 'MODEL'} --layers {layer if layer is not None else 12} "
+                   f"--method {method}`")
+            raise NotFoundError(f"no alignment with {what} (fitted: {fitted})", f"pick a fitted one, or run {fix}")
         art = found[-1]
     if atlas is not None and art.provenance.get("atlas") != atlas.weights_id:
         raise InputError(f"alignment {art.id} was fitted to atlas {art.provenance.get('atlas')}, not {atlas.id}",

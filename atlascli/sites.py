@@ -37,3 +37,18 @@ def choose_site(alignments: list[Any], site: str | None, prefer: tuple[str, ...]
     else:
         site = next((s for s in prefer if s in fitted), fitted[0] if fitted else prefer[0])
     return site, [a for a in alignments if str(a.provenance.get("site", "mlp")) == site]
+
+
+def fitted_summary(alignments: list[Any], limit: int = 4) -> str:
+    """What is fitted, for error messages: ``subject site layers a,b (methods)``, one entry per subject and site."""
+    groups: dict[tuple[str, str], tuple[set[int], set[str]]] = {}
+    for a in alignments:
+        p = a.provenance
+        layers, methods = groups.setdefault((str(p.get("subject")), str(p.get("site", "mlp"))), (set(), set()))
+        layers.add(int(p.get("layer", -1)))
+        methods.add(str(p.get("method")))
+    if not groups:
+        return "none"
+    parts = [f"{subject} {site} layers {','.join(map(str, sorted(layers)))} ({', '.join(sorted(methods))})"
+             for (subject, site), (layers, methods) in sorted(groups.items())]
+    return "; ".join(parts[:limit]) + (f"; and {len(parts) - limit} more" if len(parts) > limit else "")

@@ -58,8 +58,24 @@ class SteerConfig:
     """Seed of sampling and of the random direction."""
     default_prompt: bool = False
     """With no prompts given: use :data:`DEFAULT_PROMPTS` for the chat mode the model ends up in."""
+    device: str = "cpu"
+    """Device of the subject model (cpu, cuda, auto)."""
+    dtype: str = "float32"
+    """Weights dtype of the subject model (float32, bfloat16, float16)."""
 
     def __post_init__(self) -> None:
+        from atlascli.models import SITES, _dtype, resolve_device
+        from atlascli.steering import LAMBDA_UNITS
+        from atlascli.translate.base import METHODS
+
+        if self.unit not in LAMBDA_UNITS:
+            raise InputError(f"unknown lambda unit {self.unit!r}", f"use one of {', '.join(LAMBDA_UNITS)}")
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        if self.site is not None and self.site not in SITES:
+            raise InputError(f"unknown site {self.site!r}", f"use one of {', '.join(SITES)}")
+        resolve_device(self.device)
+        _dtype(self.dtype)
         if self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}", "e.g. 60")
         if any(layer < 0 for layer in self.layers):
@@ -137,6 +153,19 @@ def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: s
     return subject, site, sorted({int(a.provenance["layer"]) for a in found})
 
 
+def check_steer(cfg: SteerConfig, atlas: Any, registry: Registry) -> tuple[str, str, list[int]]:
+    """What can be checked before any model loads: the subject, site and method have alignments to ``atlas`` and the
+    asked layers are fitted. Returns the subject, site and fitted layers."""
+    subject, site, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method, cfg.site)
+    missing = [layer for layer in cfg.layers if layer not in fitted]
+    if missing:
+        raise InputError(f"layer(s) {missing} of {subject} have no {cfg.method} alignment at {site} "
+                         f"(fitted layers: {', '.join(map(str, fitted))})",
+                         f"steer fitted layers, or run `atlas fit --subject {subject} --site {site} "
+                         f"--layers {','.join(map(str, missing))}`")
+    return subject, site, fitted
+
+
 def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: Any,
               registry: Registry | None = None, lm: Any | None = None, concept_name: str | None = None) -> SteerOutcome:
     """Generate unsteered and steered continuations of ``prompts`` along ``query``."""
@@ -153,7 +182,7 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     registry = registry or Registry()
     if not prompts and not cfg.default_prompt:
         raise InputError("no prompts", "give --prompt or --prompts FILE")
-    subject, site, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method, cfg.site)
+    subject, site, fitted = check_steer(cfg, atlas, registry)
     lams, lam_source = list(cfg.lambdas), "given"
     if not lams:
         paper = None
@@ -162,7 +191,7 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
 
             paper = builtin_lambda(concept_name, atlas)
         lams, lam_source = ([paper], "paper Table 6") if paper is not None else ([DEFAULT_LAMBDA], "default")
-    lm = lm or load_model(subject)
+    lm = lm or load_model(subject, device=cfg.device, dtype=cfg.dtype)
     n_layers = int(lm.n_layers)
     layers = list(cfg.layers) or default_layers(fitted, n_layers, site)
     vectors, _ = concept_vectors(query, registry, atlas, subject, layers, cfg.method, site)

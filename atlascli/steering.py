@@ -195,8 +195,10 @@ def steering_alignments(registry: Any, atlas: Any, subject: str | None, method: 
              if subject is None or a.provenance["subject"] == subject]
     if not found:
         what = f"of {subject} " if subject else ""
-        raise InputError(f"no {method} alignment {what}to atlas {atlas.id}",
-                         "fit one with `atlas fit --layers ...`")
+        others = sorted({a.provenance["subject"] for a in registry.find("alignment", atlas=atlas.weights_id)})
+        fitted = f" (fitted subjects: {', '.join(others)})" if others else ""
+        raise InputError(f"no {method} alignment {what}to atlas {atlas.id}{fitted}",
+                         f"fit one with `atlas fit --subject {subject or 'MODEL'} --method {method} --layers ...`")
     subject = subject or found[-1].provenance["subject"]
     site, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, STEER_SITES)
     return subject, site, found

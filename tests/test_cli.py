@@ -131,3 +131,37 @@ def test_one_broken_artifact_breaks_only_commands_naming_it(capsys, aligned):
     assert run(capsys, "registry", "verify")[0] == 0
     after = {p: p.read_bytes() for p in reg.root.rglob("*") if p.is_file() and "/." not in str(p)}
     assert {p: b for p, b in after.items() if p in stored} == stored  # nothing already stored changed
+
+
+@pytest.mark.parametrize("args", [("search", "foo", "--top", "0"), ("search", "foo", "--threshold", "2"),
+                                  ("search", "--bogus-flag"), ("bogus",), ("atlas", "show", "--feature", "abc")])
+def test_usage_errors_are_one_line_naming_the_help(capsys, args):
+    code, _, err = run(capsys, *args)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "--help`" in lines[0], err
+
+
+def test_bad_names_are_refused_with_the_valid_ones(capsys, aligned):
+    code, _, err = run(capsys, "registry", "ls", "bogus")
+    assert code == 2 and "unknown artifact kind 'bogus'" in err and "alignment" in err
+    code, _, err = run(capsys, "search", "--features", "3", "--method", "bogus")
+    assert code == 2 and "unknown method 'bogus'" in err and "procrustes" in err
+    code, _, err = run(capsys, "search", "--features", "3", "--layer", "9")
+    assert code == 2 and "fitted:" in err and "layers 2" in err and "[(" not in err
+    code, _, err = run(capsys, "explain", "--feature", "1", "--features", "2,3")
+    assert code == 2 and "both --feature and --features" in err
+    code, _, err = run(capsys, "explain", "--feature", "1", "--method", "bogus")
+    assert code == 2 and "unknown method 'bogus'" in err
+    code, _, err = run(capsys, "concept", "add", "foo")
+    assert code == 2 and "--query" in err and "QUERY" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--candidates", "bogus"), "unknown retrieval candidates"),
+    (("--concept-construction", "bogus"), "unknown concept-set construction"),
+    (("--n-features", "0"), "--n-features must be >= 1"),
+    (("--concept-sets", "/nonexistent/sets.json"), "does not exist"),
+])
+def test_evaluate_dry_run_checks_what_the_run_checks(capsys, aligned, args, message):
+    code, out, err = run(capsys, "evaluate", "quality,retrieval", "--dry-run", *args)
+    assert code == 2 and message in err and "every input checked" not in out, (out, err)

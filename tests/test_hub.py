@@ -311,3 +311,35 @@ def test_publish_pull_then_search_with_real_alignment(hub, imported_aligned, tmp
     assert res["atlas"] == atlas.id and res["alignment"] in {f.id for f in fits} and len(res["features"]) > 0
     assert Registry().find("activations") == [] or all(a.provenance.get("split") == "test"
                                                         for a in Registry().list("activations"))
+
+
+def test_an_unresolvable_hub_host_fails_at_once_not_after_backoff(monkeypatch):
+    """No network: one clear error from the name lookup, before huggingface_hub's retries; skipped offline and behind
+    a proxy."""
+    import socket
+
+    from atlascli.errors import NotFoundError
+    from atlascli.registry import hub
+
+    calls = []
+
+    def no_dns(host, port, *a, **k):
+        calls.append((host, port))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(NotFoundError, match="huggingface.co does not resolve"):
+        hub.list_bundles("atlas-alignment")
+    assert calls == [("huggingface.co", 443)]
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.internal:8080")
+    with pytest.raises(NotFoundError, match="hub.internal does not resolve"):
+        hub.check_resolvable()
+    assert calls[-1] == ("hub.internal", 8080)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    hub.check_resolvable()  # the proxy resolves names
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.check_resolvable()  # huggingface_hub refuses by itself, with its own message
+    assert len(calls) == 2

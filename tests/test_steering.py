@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -213,3 +214,24 @@ def test_norm_unit_is_calibrated_per_site():
     assert float((resid[3] * vecs[3]).norm()) == pytest.approx(10.0 * 35.0 / norm_reference("resid"))
     assert norm_reference("resid") > norm_reference("mlp")  # the residual stream moves more per unit of norm
     assert norm_reference("unknown") == norm_reference("mlp")
+
+
+def test_steer_refuses_bad_input_before_any_model_loads(aligned, capsys, monkeypatch):
+    """Unit, site, method, layers, subject, device and --concept with --features: one line, exit 2, no model load
+    and no concept table first."""
+    import atlascli.models
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(atlascli.models, "load_model", no_load)
+    cases = {("--unit", "bogus"): "unknown lambda unit 'bogus'", ("--site", "bogus"): "unknown site 'bogus'",
+             ("--method", "bogus"): "unknown method 'bogus'", ("--layers", "3"): r"fitted layers: 2",
+             ("--subject", "nosuch"): "fitted subjects: ", ("--device", "tpu"): "unknown device 'tpu'",
+             ("--concept", "dogs"): "both --concept and --features"}
+    for args, message in cases.items():
+        code = main(["steer", "--features", "3", *args])
+        out = capsys.readouterr()
+        lines = [ln for ln in out.err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, out.err)
+        assert re.search(message, lines[0]) and out.out == "", (args, out)

@@ -34,7 +34,7 @@ def build(
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16: the foundation's forward pass (bfloat16 "
                               "is ~2x faster on CPUs with AVX-512 BF16; the SAE trains in float32)."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
     """Train a TopK SAE on the foundation model with sae-lens and label every feature offline."""
@@ -69,7 +69,7 @@ def _summary(art: Artifact) -> None:
     if q.get("fraction_variance_explained") is not None:
         table.add_row("variance explained", f"{q['fraction_variance_explained']:.3f} (held-out tokens)")
         table.add_row("L0 / dead", f"{q.get('l0', 0):.1f} / {q.get('dead_features', 0)} "
-                                   f"({100 * q.get('dead_fraction', 0):.1f}%)")
+                                   f"({100 * q.get('dead_fraction', 0):.2g}%)")
     if q.get("coherent_fraction") is not None:
         table.add_row("coherent features", f"{q['coherent_features']:,} ({100 * q['coherent_fraction']:.1f}%; "
                                            f"coherence >= {q.get('coherence_threshold')}), "
@@ -91,7 +91,7 @@ def label(
                                                   "(default: offline labels v2 only)."),
     judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL (key: $OPENAI_API_KEY)."),
     batch: int = typer.Option(10, min=1, max=100, help="Features per LLM request."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Relabel an atlas (new version, same SAE weights, alignments stay valid): offline labels v2, or LLM
     descriptions from each feature's top samples with the activating token marked. Resumable."""
@@ -126,7 +126,7 @@ def import_cmd(
     layer: int = typer.Option(..., help="Its layer."),
     site: str = typer.Option("resid"),
     name: str | None = typer.Option(None),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Store an existing SAE with its labels as an atlas."""
     from atlascli.atlas import import_atlas
@@ -137,7 +137,7 @@ def import_cmd(
 
 
 @app.command("ls")
-def ls(json_out: bool = typer.Option(False, "--json")) -> None:
+def ls(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List atlases."""
     from atlascli.registry import Registry
 
@@ -159,7 +159,7 @@ def ls(json_out: bool = typer.Option(False, "--json")) -> None:
 @app.command("show")
 def show(ref: str | None = typer.Argument(None, help="Atlas id or name (latest when omitted)."),
          feature: int | None = typer.Option(None, "--feature", "-f", help="Show one feature."),
-         json_out: bool = typer.Option(False, "--json")) -> None:
+         json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Show an atlas, or one feature's label and max-activating samples."""
     from atlascli.atlas import resolve_atlas
 
@@ -179,9 +179,14 @@ def show(ref: str | None = typer.Argument(None, help="Atlas id or name (latest w
                   f"{'-' if coh is None else f'{coh:.3f}'}{'' if rec.get('coherent', True) else ', incoherent'})",
                   highlight=False)
     if rec.get("words"):
-        console.print("  distinctive words: " + ", ".join(f"{w} (z={z})" for w, z in rec["words"]), highlight=False)
+        console.print("  distinctive words: " + ", ".join(f"{w} (z={float(z):.2f})" for w, z in rec["words"]),
+                      highlight=False)
     if rec.get("wordnet"):
-        console.print(f"  WordNet: {rec['wordnet']}", highlight=False)
+        wn = rec["wordnet"]
+        parts = [wn.get("lexname") or "", f"lemmas {', '.join(wn.get('lemmas') or [])}" if wn.get("lemmas") else "",
+                 f"shared hypernym {wn['hypernym']}" if wn.get("hypernym") else "",
+                 f"{wn['synsets']} synsets among the top samples" if wn.get("synsets") else ""]
+        console.print("  WordNet: " + "; ".join(p for p in parts if p), highlight=False)
     for v, s in zip(rec.get("top_values", []), rec.get("top_samples", [])):
         console.print(f"  {v:8.3f}  {s}", highlight=False)
 
@@ -189,14 +194,16 @@ def show(ref: str | None = typer.Argument(None, help="Atlas id or name (latest w
 @concept_app.command("add")
 def concept_add(
     name: str,
-    query: str | None = typer.Option(None, help="Text matched to feature labels."),
+    query: str | None = typer.Option(None, help="Text query, resolved as `atlas search` resolves it (through "
+                                                "similar labelling sentences when the atlas stores them)."),
     features: str | None = typer.Option(None, help="5218,12614 or 5218:1.0,12614:0.5."),
     examples: Path | None = typer.Option(None, help="File of example sentences (mean)."),
     contrast: Path | None = typer.Option(None, help="File of contrast sentences (mean subtracted)."),
     atlas: str | None = typer.Option(None, help="Atlas (latest when omitted)."),
-    top_features: int = typer.Option(5, help="Features kept for text queries."),
-    threshold: float = typer.Option(0.35, help="Minimum label similarity for text queries."),
-    json_out: bool = typer.Option(False, "--json"),
+    top_features: int = typer.Option(5, min=1, help="Features kept for text queries (labels route)."),
+    threshold: float | None = typer.Option(None, min=-1.0, max=1.0,
+                                           help="Minimum similarity of the text to labels / examples (0.25)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Save a concept query under a name."""
     from atlascli.atlas import resolve_atlas
@@ -204,7 +211,8 @@ def concept_add(
     from atlascli.concepts import save_concept
 
     at = resolve_atlas(atlas)
-    q = build_query(at, query, features, examples, contrast, top_features, threshold)
+    q = build_query(at, query, features, examples, contrast, top_features, threshold, text_name="--query",
+                    example=f'atlas concept add {name} --query "dogs and cats"')
     art = save_concept(name, q, at)
     if json_out:
         emit_json({"id": art.id, "name": name, "features": q.features, "weights": q.weights})
@@ -213,7 +221,8 @@ def concept_add(
 
 
 @concept_app.command("ls")
-def concept_ls(atlas: str | None = typer.Option(None), json_out: bool = typer.Option(False, "--json")) -> None:
+def concept_ls(atlas: str | None = typer.Option(None, help="Atlas (latest when omitted)."),
+               json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List named concepts for an atlas (saved and built-in)."""
     from atlascli.atlas import resolve_atlas
     from atlascli.concepts import list_concepts
@@ -237,7 +246,7 @@ def import_preset_cmd(
     neuronpedia_url: str | None = typer.Option(None, help="Export endpoint (default $ATLAS_NEURONPEDIA_URL or "
                                                "https://www.neuronpedia.org/api/explanation/export)."),
     refresh: bool = typer.Option(False, "--refresh", help="Fetch the explanations again even when cached."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Import one of the paper's Gemma Scope atlases: SAE from sae-lens's release, labels from Neuronpedia (cached)."""
     from atlascli.atlas.presets import import_preset

@@ -52,7 +52,7 @@ def _show(art: Artifact) -> None:
 
 @app.command("show")
 def show(ref: str = typer.Argument("default", help="Dataset id or name."),
-         json_out: bool = typer.Option(False, "--json")) -> None:
+         json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Show a prepared dataset."""
     from atlascli.corpus import resolve_dataset
 

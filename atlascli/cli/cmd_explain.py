@@ -75,11 +75,11 @@ def explain_cmd(
                                                "fitted)."),
     alignment: str | None = typer.Option(None, help="Alignment id (overrides --subject/--layer/--method)."),
     atlas: str | None = typer.Option(None, help="Only alignments to this atlas."),
-    top: int = typer.Option(10, help="Atlas concepts per sign."),
-    samples: int = typer.Option(5, help="Max-activating test sentences (0: none, no histogram)."),
+    top: int = typer.Option(10, min=1, help="Atlas concepts per sign."),
+    samples: int = typer.Option(5, min=0, help="Max-activating test sentences (0: none, no histogram)."),
     test_limit: int | None = typer.Option(None, min=1, help="Test sentences scanned (default: those already "
                                                          "extracted, else 5000)."),
-    bins: int = typer.Option(12, help="Histogram bins."),
+    bins: int = typer.Option(12, min=1, help="Histogram bins."),
     peaks: bool = typer.Option(True, "--peaks/--no-peaks", help="Mark each example's peak token (loads the subject)."),
     device: str = typer.Option("cpu", help="Device of the subject model."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -87,6 +87,8 @@ def explain_cmd(
     """Describe subject feature(s) in atlas concepts: row K of T, max-activating sentences, histogram."""
     from atlascli.explain import ExplainConfig, explain
 
+    if feature is not None and features:
+        raise InputError("both --feature and --features given", "use --features 42,77 for several")
     ks = ([feature] if feature is not None else []) + (list(parse_ints(features, "features")) if features else [])
     if not ks:
         raise InputError("no subject feature given", "use --feature 42 or --features 42,77")

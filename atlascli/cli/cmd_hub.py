@@ -19,7 +19,7 @@ def publish_cmd(
     private: bool = typer.Option(False, "--private", help="Create the repo private."),
     license_id: str = typer.Option("apache-2.0", "--license", help="License in the model card."),
     test_activations: bool = typer.Option(True, help="Include the subject's test activations (search needs no extraction)."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Publish the atlas, the selected alignments, their datasets, concepts and reports, with a model card."""
     from atlascli.registry import Registry
@@ -39,7 +39,7 @@ def pull_cmd(
     repo: str = typer.Argument(..., help="Hub repo of a published aligned atlas."),
     revision: str | None = typer.Option(None, help="Branch, tag or commit (main by default)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Download a published aligned atlas, verify everything, then add it to the registry in one step."""
     from atlascli.registry.bundle import pull
@@ -60,7 +60,7 @@ def hub_ls(
     subject: str | None = typer.Option(None, help="Only atlases aligned to this subject model."),
     foundation: str | None = typer.Option(None, help="Only atlases of this foundation model."),
     limit: int = typer.Option(200, help="Most repos to read."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List published aligned atlases (Hub model search by the atlas-alignment tag)."""
     from atlascli.registry.bundle import find_published

@@ -12,11 +12,16 @@ app = typer.Typer(no_args_is_help=True, help="Artifacts on disk (safetensors + J
 
 @app.command("ls")
 def ls(kind: str | None = typer.Argument(None, help="Only this kind."),
-       json_out: bool = typer.Option(False, "--json")) -> None:
+       json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List artifacts, oldest first."""
     from atlascli.registry import Registry
 
     reg = Registry()
+    from atlascli.errors import InputError
+    from atlascli.registry.store import KINDS
+
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"unknown artifact kind {kind!r}", f"use one of {', '.join(KINDS)}")
     arts, problems = reg.list(kind), reg.problems(kind)
     if problems:
         err.print(f"[yellow]warning:[/] {len(problems)} unreadable artifact(s) skipped "
@@ -35,7 +40,7 @@ def ls(kind: str | None = typer.Argument(None, help="Only this kind."),
 
 
 @app.command("show")
-def show(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
+def show(ref: str, json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Show an artifact's manifest."""
     from atlascli.registry import Registry
     from atlascli.registry.untrusted import no_symlinks
@@ -52,7 +57,7 @@ def show(ref: str, json_out: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("verify")
 def verify(ref: str | None = typer.Argument(None, help="One artifact; all when omitted."),
-           json_out: bool = typer.Option(False, "--json")) -> None:
+           json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Check every file's sha256 against the manifest; list unreadable artifacts with the fix."""
     from atlascli.errors import AtlasError
     from atlascli.registry import Problem, Registry
@@ -86,7 +91,7 @@ def verify(ref: str | None = typer.Argument(None, help="One artifact; all when o
 @app.command("rm")
 def rm(ref: str = typer.Argument(..., help="Artifact id (exact, even if unreadable), or an id prefix."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before deleting by prefix."),
-       json_out: bool = typer.Option(False, "--json")) -> None:
+       json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Delete an artifact folder (exact id: no questions; prefix: asks first)."""
     from atlascli.registry import Registry
 
@@ -108,7 +113,7 @@ def rm(ref: str = typer.Argument(..., help="Artifact id (exact, even if unreadab
 @app.command("push")
 def push(ref: str, repo: str = typer.Option(..., help="Hub repo id, e.g. you/atlas-artifacts."),
          public: bool = typer.Option(False, help="Create the repo public."),
-         json_out: bool = typer.Option(False, "--json")) -> None:
+         json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Upload an artifact to the Hugging Face Hub (verified first)."""
     from atlascli.registry import Registry
     from atlascli.registry.hub import push_artifact
@@ -119,7 +124,7 @@ def push(ref: str, repo: str = typer.Option(..., help="Hub repo id, e.g. you/atl
 
 @app.command("pull")
 def pull(repo: str, artifact_id: str | None = typer.Argument(None, help="One artifact; the whole bundle when omitted."),
-         revision: str | None = None, json_out: bool = typer.Option(False, "--json")) -> None:
+         revision: str | None = None, json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Download an artifact (without ID: a published bundle, as `atlas pull`), verify it, add it to the registry."""
     from atlascli.registry.hub import pull_artifact
 
@@ -132,7 +137,7 @@ def pull(repo: str, artifact_id: str | None = typer.Argument(None, help="One art
     emit_json({"id": art.id, "kind": art.kind}) if json_out else console.print(f"pulled {art.kind} {art.id}")
 
 
-def models(json_out: bool = typer.Option(False, "--json")) -> None:
+def models(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """List the offline model zoo (any HF id or local folder works too)."""
     from atlascli.zoo import DEFAULTS, zoo_table
 
@@ -148,7 +153,7 @@ def models(json_out: bool = typer.Option(False, "--json")) -> None:
     console.print(table)
 
 
-def doctor(json_out: bool = typer.Option(False, "--json")) -> None:
+def doctor(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Versions, online/offline, models installed and cached, registry health, device, disk: one line per problem
     with the command that fixes it. Exits 1 when something needs fixing."""
     from atlascli.doctor import diagnose

@@ -21,14 +21,15 @@ def _lines(path: Path) -> list[str]:
 
 
 def build_query(atlas, text, features, examples, contrast, top_features, threshold,  # type: ignore[no-untyped-def]
-                route="auto", include_incoherent=False):
-    """One concept query from whichever of the options was given."""
+                route="auto", include_incoherent=False, text_name="QUERY", example='atlas search "dogs"'):
+    """One concept query from whichever of the options was given (``text_name``/``example``: how the calling
+    command spells the text option, for the error)."""
     from atlascli.concepts import load_concept
     from atlascli.search import query_from_examples, query_from_features, query_from_text
 
     given = [x is not None for x in (text, features, examples)]
     if sum(given) != 1:
-        raise InputError("give exactly one of QUERY, --features or --examples", 'e.g. atlas search "dogs"')
+        raise InputError(f"give exactly one of {text_name}, --features or --examples", f"e.g. {example}")
     if features is not None:
         return query_from_features(features, atlas)
     if examples is not None:

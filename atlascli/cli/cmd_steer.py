@@ -38,17 +38,21 @@ def steer_cmd(
     route: str = typer.Option("auto", help="How a text concept becomes a query: auto, examples, labels."),
     top_features: int = typer.Option(5, min=1, help="Atlas features a text concept resolves to (labels route)."),
     threshold: float | None = typer.Option(None, min=-1.0, max=1.0, help="Minimum similarity for text concepts."),
+    device: str = typer.Option("cpu", help="Device of the subject model: cpu, cuda or auto."),
+    dtype: str = typer.Option("float32", help="Subject weights dtype: float32, bfloat16 or float16."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Generate with and without steering along an atlas concept (eq. 4), side by side."""
     from atlascli.atlas import resolve_atlas
     from atlascli.cli.cmd_search import build_query, render_query
     from atlascli.registry import Registry
-    from atlascli.steer_run import SteerConfig, run_steer
+    from atlascli.steer_run import SteerConfig, check_steer, run_steer
 
     plist = read_prompts(prompts) if prompts is not None else [prompt] if prompt else []
     if concept is None and features is None:
         raise InputError("no concept given", "use --concept london or --features 5218,12614")
+    if concept is not None and features is not None:
+        raise InputError("both --concept and --features given", "steer one concept: drop one of them")
     lams: list[float] = []
     if lam is not None:
         lams = parse_floats(lam, "lambda", "35")
@@ -61,9 +65,11 @@ def steer_cmd(
     cfg = SteerConfig(lambdas=tuple(lams), unit=unit, layers=parse_ints(layers, "layers") if layers else (),
                       subject=subject, method=method, site=site, random=random_dir, chat=chat,
                       max_new_tokens=max_new_tokens,
-                      sample=sample, seed=seed, default_prompt=prompts is None and not prompt)
+                      sample=sample, seed=seed, default_prompt=prompts is None and not prompt, device=device,
+                      dtype=dtype)
     reg = Registry()
     at = resolve_atlas(atlas, reg)
+    check_steer(cfg, at, reg)  # subject, site, method and layers before the concept is resolved or a model loads
     query = build_query(at, concept if features is None else None, features, None, None, top_features, threshold,
                         route)
     if not json_out:

@@ -84,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     except _EXITS as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except _USAGE_ERRORS as exc:
-        exc.show()  # type: ignore[attr-defined]
+        if type(exc).__name__ == "NoArgsIsHelpError" or debug:  # `atlas search` alone: the help is the answer
+            exc.show()  # type: ignore[attr-defined]
+            return int(getattr(exc, "exit_code", 2))
+        ctx = getattr(exc, "ctx", None)
+        where = f"`{ctx.command_path} --help`" if ctx is not None else "`atlas --help`"
+        err.quiet = False
+        err.print(f"[bold red]error:[/] {exc.format_message()} [dim](see {where})[/]",  # type: ignore[attr-defined]
+                  highlight=False, soft_wrap=True)
         return int(getattr(exc, "exit_code", 2))
     except _ABORTS:
         err.print("aborted")

@@ -87,6 +87,23 @@ class EvaluateConfig:
     device: str = "cpu"
     """Device of extraction and generation."""
 
+    def __post_init__(self) -> None:
+        from atlascli.evaluate.retrieval import CONSTRUCTIONS
+
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise InputError(f"unknown evaluation {bad or 'none'}", f"use {', '.join(KINDS)} or all")
+        if self.candidates not in ("validated", "all"):
+            raise InputError(f"unknown retrieval candidates {self.candidates!r}", "use validated (the paper) or all")
+        if self.concept_construction not in CONSTRUCTIONS:
+            raise InputError(f"unknown concept-set construction {self.concept_construction!r}",
+                             f"use {' or '.join(CONSTRUCTIONS)}")
+        for name, value in (("--random-draws", self.random_draws), ("--n-features", self.n_features),
+                            ("--retrieval-features", self.retrieval_features), ("--set-size", self.set_size),
+                            ("--max-new-tokens", self.max_new_tokens)):
+            if value < 1:
+                raise InputError(f"{name} must be >= 1, got {value}", f"e.g. {name} 3")
+
 
 @dataclass
 class Report:
@@ -171,19 +188,8 @@ def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Pr
     from atlascli.plan_tasks import plan_evaluate
 
     registry = registry or Registry()
-    bad = [k for k in cfg.kinds if k not in KINDS]
-    if bad or not cfg.kinds:
-        raise InputError(f"unknown evaluation {bad or 'none'}", f"use {', '.join(KINDS)} or all")
-    if cfg.candidates not in ("validated", "all"):
-        raise InputError(f"unknown retrieval candidates {cfg.candidates!r}", "use validated (the paper) or all")
-    if cfg.random_draws < 1:
-        raise InputError(f"--random-draws must be >= 1, got {cfg.random_draws}", "e.g. --random-draws 3")
     atlas = resolve_atlas(cfg.atlas, registry)
-    if cfg.paper_features and "quality" in cfg.kinds:
-        from atlascli.concepts import paper_features
-
-        paper_features(atlas)  # refuse before any extraction
-    plan = plan_evaluate(cfg, registry)
+    plan = plan_evaluate(cfg, registry)  # every input checked (EvaluateConfig itself checks the static ones)
     if on_plan:
         on_plan(plan)
     subject, table = select_alignments(registry, atlas, cfg.subject, cfg.layers,
@@ -196,9 +202,6 @@ def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Pr
     report = Report(stored_cfg, subject, atlas.id, methods, layers,
                     {m: {str(la): a.id for la, a in t.items()} for m, t in table.items()})
     all_arts = [a for t in table.values() for a in t.values()]
-    from atlascli.evaluate.retrieval_run import precheck_concept_sets
-
-    precheck_concept_sets(cfg, table)  # a bad --concept-sets file is refused before any extraction
     data: TestData | None = None
     if "quality" in cfg.kinds or "retrieval" in cfg.kinds:
         stage_cb = (lambda stage: (lambda d, t, _tok: progress(stage, d, t))) if progress else None

@@ -155,11 +155,33 @@ def require_token(token: str | None = None) -> str:
     return found
 
 
+def check_resolvable() -> None:
+    """Fail in milliseconds, not after huggingface_hub's ~25 s of backoff, when the Hub's host name does not resolve
+    (no network). Skipped in offline mode (huggingface_hub says so itself) and behind a proxy (which resolves)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return
+    parsed = urlparse(endpoint() or "https://huggingface.co")
+    host = parsed.hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except OSError as exc:
+        raise NotFoundError(f"cannot reach the Hugging Face Hub: {host} does not resolve ({exc.strerror or exc})",
+                            "check the network (or HF_ENDPOINT); what is already in the registry works offline"
+                            ) from exc
+
+
 def hub_api(token: str | None = None) -> Any:
-    """An ``HfApi`` on the endpoint configured now (huggingface_hub's own tqdm bars off: the CLI shows progress)."""
+    """An ``HfApi`` on the endpoint configured now (huggingface_hub's own tqdm bars off: the CLI shows progress).
+    Refuses at once when the Hub's host does not resolve (:func:`check_resolvable`)."""
     from huggingface_hub import HfApi
     from huggingface_hub.utils import disable_progress_bars
 
+    check_resolvable()
     disable_progress_bars()
 
     return HfApi(endpoint=endpoint(), token=token_or_none(token), library_name="atlascli")

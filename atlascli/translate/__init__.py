@@ -26,6 +26,13 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
+def check_method(method: str) -> str:
+    """``method`` when it is one translation method; else a clear error."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}", f"use one of {', '.join(METHODS)}")
+    return method
+
+
 class MultiFitter:
     """Fits several methods in one pass, sharing the moment statistics between them."""
 
