@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python bench/distributed.py
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py --out concepts_demo_resid   # these two need `make demo`
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/steer_sweep.py --layer-sets 6,9 --concepts all --out steer_sweep_resid
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/read.py --out read_demo
 
 lint: setup
 	$(BIN)/ruff check atlascli tests bench scripts examples

@@ -46,6 +46,6 @@ Next, from anywhere in this checkout (the registry above is found automatically)
   .venv/bin/atlas steer --concept "music" --lambda 35       # eq. 4 at the default steering layers
   .venv/bin/atlas atlas show --feature 17                   # one atlas feature: label, coherence, samples
   .venv/bin/atlas explain --layer 12 --feature 100          # a subject neuron in atlas concepts
-  .venv/bin/atlas read "The stock market fell sharply today." --layer 12
+  .venv/bin/atlas read "The stock market fell sharply today."       # every fitted layer and their mean z
   .venv/bin/python examples/quickstart.py                   # the Python API
 NEXT

@@ -238,3 +238,29 @@ def test_read_standardised_scores_are_z_scores_over_the_fit_sentences(aligned) -
     assert len(cached) == 1
     again = read_text(ReadConfig(text, layers=(2,), centre=True, top=5, standardise=True))
     assert [c.index for c in again.layers[0].concepts] == [c.index for c in z.layers[0].concepts[:5]]
+
+
+def test_read_combines_layers_by_their_mean_z_score(aligned, tiny_models) -> None:
+    """With two standardised layers the combined column is the top of the mean of the per-layer z-scores (each
+    checked alone with every concept listed); a single layer or raw scores give no combined column."""
+    from atlascli.fit import FitConfig, fit
+
+    atlas, fits = aligned
+    p = fits[0].provenance
+    fit(FitConfig(subject=p["subject"], layers=(1,), methods="procrustes", atlas=atlas.id, site=p["site"],
+                  dataset="tiny", limit=150), Registry())
+    text = "The dog and the cat met a London night today."
+    width = atlas.width
+    per = {}
+    for layer in (1, 2):
+        alone = read_text(ReadConfig(text, layers=(layer,), top=width, standardise=True))
+        assert alone.combined == [] and alone.layers[0].transform.endswith("+z")
+        v = np.zeros(width)
+        for c in alone.layers[0].concepts:
+            v[c.index] = c.value
+        per[layer] = v
+    both = read_text(ReadConfig(text, layers=(1, 2), top=5, standardise=True))
+    want = (per[1] + per[2]) / 2
+    assert [c.index for c in both.combined] == list(np.argsort(-want, kind="stable")[:5])
+    np.testing.assert_allclose([c.value for c in both.combined], np.sort(want)[::-1][:5], rtol=1e-4, atol=1e-5)
+    assert read_text(ReadConfig(text, layers=(1, 2), top=5, standardise=False)).combined == []

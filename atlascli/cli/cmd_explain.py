@@ -197,10 +197,14 @@ def read_cmd(
                   + (" [yellow](truncated)[/]" if res.truncated else ""), highlight=False)
     t = Table(title="atlas concepts of the whole text (max-pooled over tokens)", title_justify="left")
     t.add_column("#")
+    cols = [lr.concepts for lr in res.layers]
+    if res.combined:  # the mean z over the layers: the best single reading, shown first
+        t.add_column(f"layers {','.join(str(lr.layer) for lr in res.layers)} (mean z)", overflow="fold")
+        cols.insert(0, res.combined)
     for lr in res.layers:
         t.add_column(f"layer {lr.layer} ({lr.method}, {lr.transform})", overflow="fold")
     for i in range(top):
-        t.add_row(str(i + 1), *[_concept_line(lr.concepts[i]) if i < len(lr.concepts) else "" for lr in res.layers])
+        t.add_row(str(i + 1), *[_concept_line(c[i]) if i < len(c) else "" for c in cols])
     console.print(t)
     if not per_token:
         return
