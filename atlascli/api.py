@@ -70,13 +70,16 @@ class Alignment:
         return subject_similarity(self.query(concept, **kwargs), self.artifact)
 
     def search(self, concept: str | None = None, *, top: int = 10, samples: int = 0, aligned: int = 0,
-               test_limit: int | None = None, **kwargs: Any) -> Any:
+               test_limit: int | None = None, aligned_metric: str = "standardised", **kwargs: Any) -> Any:
         """Top subject features for a concept (:class:`atlascli.search.SearchResult`); ``samples`` > 0 attaches
-        each feature's max-activating test sentences (extracting test activations once when missing)."""
+        each feature's max-activating test sentences and ``aligned`` > 0 the test sentences most aligned with s
+        (ranked by ``aligned_metric``, :data:`atlascli.samples.ALIGNMENT_METRICS`), extracting test activations once
+        when missing."""
         from atlascli.registry import Registry
         from atlascli.search_run import run_search
 
-        return run_search(self.query(concept, **kwargs), self.artifact, top, samples, test_limit, Registry(), aligned)
+        return run_search(self.query(concept, **kwargs), self.artifact, top, samples, test_limit, Registry(), aligned,
+                          aligned_metric)
 
 
 def load_alignment(subject: str | None = None, layer: int | None = None, method: str = "procrustes",

@@ -64,7 +64,9 @@ def _versions(rep: Report) -> None:
 
 
 def _network(rep: Report) -> None:
-    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+    from atlascli.registry.hub import hub_offline
+
+    offline = hub_offline()
     rep.facts["hf_hub_offline"] = offline
     rep.facts["hf_endpoint"] = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     token = bool(os.environ.get("HF_TOKEN")) or (Path.home() / ".cache" / "huggingface" / "token").exists()
@@ -76,12 +78,12 @@ def _network(rep: Report) -> None:
         try:
             check_resolvable()
         except AtlasError as exc:
-            rep.facts["hub_reachable"] = False
+            rep.facts["hub_host_resolves"] = False
             rep.findings.append(Finding("network", "warn", f"online mode, but {exc.message}: Hub ids and atlas "
                                         "publish/pull/hub ls will fail; zoo models and the registry work",
                                         "check the network, or set HF_HUB_OFFLINE=1"))
             return
-        rep.facts["hub_reachable"] = True
+        rep.facts["hub_host_resolves"] = True
     rep.findings.append(Finding("network", "ok", ("offline (HF_HUB_OFFLINE=1): zoo models and cached Hub models only"
                                                   if offline else "online mode: Hub ids download on first use")
                                 + ("; a Hub token is set" if token else "; no Hub token (needed for atlas publish)")))

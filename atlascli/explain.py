@@ -60,8 +60,10 @@ class ExplainConfig:
         from atlascli.models import resolve_device
         from atlascli.translate import check_method
 
-        check_method(self.method)
-        resolve_device(self.device)
+        if self.alignment is None:  # an alignment id names its method
+            check_method(self.method)
+        if self.peaks and self.samples > 0:  # the subject loads only to find peak tokens
+            resolve_device(self.device)
         if self.samples < 0 or self.bins < 1 or self.top < 1:
             raise InputError(f"samples must be >= 0, bins and top >= 1 (got {self.samples}, {self.bins}, {self.top})",
                              "e.g. --samples 5 --bins 12 --top 10")

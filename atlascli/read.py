@@ -241,10 +241,11 @@ class ReadResult:
     warnings: list[str] = field(default_factory=list)
     """E.g. truncation."""
     combined: list[ConceptHit] = field(default_factory=list)
-    """Top concepts of the mean z-score over the layers read (``standardise``, two or more layers mapped to one
-    atlas; empty otherwise): each layer's translation is a noisy reading of the same text, and their mean is a better
-    one than any layer's (400 test sentences of the demo, MLP layers 3/12/19/25: MiniLM similarity of the top-3 labels
-    to the sentence, over random coherent labels, +0.228 for the mean against +0.176 to +0.213 per layer)."""
+    """Top concepts of the mean z-score over the layers read (``standardise``, two or more distinct layers mapped to
+    one atlas, each with its fit's activations in the registry; empty otherwise): each layer's translation is a noisy
+    reading of the same text, and their mean is a better one than any layer's (400 test sentences of the demo, MLP
+    layers 3/12/19/25: MiniLM similarity of the top-3 labels to the sentence, over random coherent labels, +0.228
+    for the mean against +0.176 to +0.213 per layer; bench/read.py)."""
 
 
 def top_concepts(scores: torch.Tensor, n: int, atlas: Any, coherent_only: bool = False) -> list[ConceptHit]:
@@ -292,7 +293,8 @@ def read_text(cfg: ReadConfig, registry: Registry | None = None, lm: Any | None 
     layers = [lr for lr, _ in read]
     combined: list[ConceptHit] = []
     zs = [z for _, z in read]
-    if len(read) > 1 and all(z is not None for z in zs) and len({lr.atlas for lr in layers}) == 1:
+    distinct = len({lr.alignment for lr in layers}) > 1
+    if distinct and all(z is not None for z in zs) and len({lr.atlas for lr in layers}) == 1:
         mean = torch.stack([z for z in zs if z is not None]).mean(0)
         combined = top_concepts(mean, cfg.top, alignment_atlas(arts[-1], registry), cfg.coherent_only)
     return ReadResult(cfg.text, subject, layers[-1].atlas, len(run.token_ids),

@@ -14,7 +14,7 @@ from atlascli.atlas.store import Atlas
 from atlascli.errors import InputError, NotFoundError
 from atlascli.query import ConceptQuery
 from atlascli.registry import Artifact, Registry
-from atlascli.samples import aligned_sentences, top_examples
+from atlascli.samples import aligned_sentences, check_alignment_metric, top_examples
 from atlascli.translate import StoredTranslation
 
 _FEAT = re.compile(r"^\s*(\d+)\s*(?::\s*([-+0-9.eE]+))?\s*$")
@@ -284,11 +284,14 @@ def resolve_alignment(registry: Registry, alignment: str | None = None, subject:
             _, found = choose_site([a for a in found if a.provenance["subject"] == subj], site, FEATURE_SITES)
         if not found:
             what = ", ".join(f"{k}={v}" for k, v in match.items() if k != "atlas")
+            to = f" to atlas {atlas.id}" if atlas is not None else ""
             fitted = fitted_summary(registry.find("alignment", atlas=atlas.weights_id) if atlas is not None
                                     else registry.list("alignment"))
             fix = (f"`atlas fit --subject {subject or 'MODEL'} --layers {layer if layer is not None else 12} "
-                   f"--method {method}`")
-            raise NotFoundError(f"no alignment with {what} (fitted: {fitted})", f"pick a fitted one, or run {fix}")
+                   f"--method {method}" + (f" --site {site}" if site else "")
+                   + (f" --atlas {atlas.id}" if atlas is not None else "") + "`")
+            raise NotFoundError(f"no alignment with {what}{to} (fitted{to}: {fitted})",
+                                f"pick a fitted one, or run {fix}")
         art = found[-1]
     if atlas is not None and art.provenance.get("atlas") != atlas.weights_id:
         raise InputError(f"alignment {art.id} was fitted to atlas {art.provenance.get('atlas')}, not {atlas.id}",
@@ -335,6 +338,7 @@ def search(query: ConceptQuery, alignment: Artifact, top: int = 10, examples: in
            negative: bool = False, n_aligned: int = 5, aligned_metric: str = "standardised") -> SearchResult:
     """Rank subject features by eq. 3; with test activations, attach each feature's max-activating
     sentences and the sentences most aligned with s (under ``aligned_metric``, see `samples.ALIGNMENT_METRICS`)."""
+    check_alignment_metric(aligned_metric)
     s = subject_similarity(query, alignment)
     order = torch.argsort(s, descending=not negative)[:top].tolist()
     ex: dict[int, list[tuple[float, str]]] = {}

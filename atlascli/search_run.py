@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from atlascli.corpus import load_split
-from atlascli.errors import InputError
 from atlascli.extract import Activations, ExtractConfig, extract, find_covering
 from atlascli.registry import Artifact, Registry
-from atlascli.samples import ALIGNMENT_METRICS
+from atlascli.samples import check_alignment_metric
 from atlascli.search import ConceptQuery, SearchResult, search
 
 DEFAULT_TEST_LIMIT = 5000
@@ -40,8 +39,7 @@ def test_activations(alignment: Artifact, limit: int | None, registry: Registry)
 def run_search(query: ConceptQuery, alignment: Artifact, top: int, samples: int, test_limit: int | None,
                registry: Registry, n_aligned: int = 5, aligned_metric: str = "standardised") -> SearchResult:
     """:func:`atlascli.search.search` with test sentences attached (per feature, and along s)."""
-    if aligned_metric not in ALIGNMENT_METRICS:
-        raise InputError(f"unknown alignment metric {aligned_metric!r}", f"use one of {', '.join(ALIGNMENT_METRICS)}")
+    check_alignment_metric(aligned_metric)  # before any extraction
     need = samples > 0 or n_aligned > 0
     acts, sentences = test_activations(alignment, test_limit, registry) if need else (None, None)
     return search(query, alignment, top, samples, acts, sentences, n_aligned=n_aligned, aligned_metric=aligned_metric)

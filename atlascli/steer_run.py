@@ -162,7 +162,7 @@ def check_steer(cfg: SteerConfig, atlas: Any, registry: Registry) -> tuple[str, 
         raise InputError(f"layer(s) {missing} of {subject} have no {cfg.method} alignment at {site} "
                          f"(fitted layers: {', '.join(map(str, fitted))})",
                          f"steer fitted layers, or run `atlas fit --subject {subject} --site {site} "
-                         f"--layers {','.join(map(str, missing))}`")
+                         f"--layers {','.join(map(str, missing))} --method {cfg.method} --atlas {atlas.id}`")
     return subject, site, fitted
 
 

@@ -55,8 +55,13 @@ def main() -> None:
     z: dict[str, torch.Tensor] = {}
     sentences: list[str] = []
     n = args.sentences
+    fingerprints = set()
     for layer, art in sorted(fits.items()):
-        acts, sentences = test_activations(art, None, reg)
+        acts, split = test_activations(art, None, reg)
+        if sentences and split[:n] != sentences[:n]:
+            sys.exit("the layers' test activations are of different sentences")
+        sentences = split
+        fingerprints.add(acts.artifact.provenance.get("dataset_fingerprint"))
         x = acts.dense(layer)[:n].float()
         n = x.shape[0]
         tr = StoredTranslation.from_artifact(art)
@@ -72,7 +77,9 @@ def main() -> None:
     layers = sorted(fits)
     z["mean z over layers " + ",".join(map(str, layers))] = torch.stack([z[f"layer {la} z"][:n] for la in layers]).mean(0)
     codes = next((a for a in reg.list("activations") if a.provenance.get("split") == "test"
-                  and (a.provenance.get("sae") or {}).get("sae") == atlas.weights_id), None)
+                  and (a.provenance.get("sae") or {}).get("sae") == atlas.weights_id
+                  and a.provenance.get("dataset_fingerprint") in fingerprints and int(a.provenance.get("n", 0)) >= n),
+                 None)  # the same test sentences, in the same order, at least as many
     if codes is not None:
         c = Activations(codes).dense(int(codes.provenance["layers"][0]))[:n].float()
         z["atlas codes of the sentence (z), no translation"] = (c - c.mean(0)) / c.std(0).clamp_min(1e-6)

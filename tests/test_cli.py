@@ -147,7 +147,7 @@ def test_bad_names_are_refused_with_the_valid_ones(capsys, aligned):
     code, _, err = run(capsys, "search", "--features", "3", "--method", "bogus")
     assert code == 2 and "unknown method 'bogus'" in err and "procrustes" in err
     code, _, err = run(capsys, "search", "--features", "3", "--layer", "9")
-    assert code == 2 and "fitted:" in err and "layers 2" in err and "[(" not in err
+    assert code == 2 and "fitted to atlas" in err and "layers 2" in err and "[(" not in err
     code, _, err = run(capsys, "explain", "--feature", "1", "--features", "2,3")
     assert code == 2 and "both --feature and --features" in err
     code, _, err = run(capsys, "explain", "--feature", "1", "--method", "bogus")
@@ -165,3 +165,13 @@ def test_bad_names_are_refused_with_the_valid_ones(capsys, aligned):
 def test_evaluate_dry_run_checks_what_the_run_checks(capsys, aligned, args, message):
     code, out, err = run(capsys, "evaluate", "quality,retrieval", "--dry-run", *args)
     assert code == 2 and message in err and "every input checked" not in out, (out, err)
+
+
+def test_error_text_is_printed_as_given_not_as_markup(capsys):
+    """A value that looks like rich markup (e.g. a layer list 'x[/]') is echoed verbatim, in one line."""
+    code, _, err = run(capsys, "extract", "--model", "m", "--layers", "x[/]")
+    assert code == 2 and "x[/]" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "registry", "ls", "[bold]kind")  # an AtlasError quoting the value
+    assert code == 2 and "'[bold]kind'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "[bold]cmd")  # a usage error quoting it
+    assert code == 2 and "[bold]cmd" in err and len(err.strip().splitlines()) == 1

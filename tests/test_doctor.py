@@ -50,14 +50,14 @@ def test_doctor_warns_when_online_mode_cannot_reach_the_hub(monkeypatch):
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     rep = Report()
     _network(rep)
     (finding,) = rep.findings
     assert finding.status == "warn" and "does not resolve" in finding.message and "HF_HUB_OFFLINE=1" in finding.fix
-    assert rep.facts["hub_reachable"] is False
+    assert rep.facts["hub_host_resolves"] is False
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rep = Report()
     _network(rep)
-    assert rep.findings[0].status == "ok" and "hub_reachable" not in rep.facts
+    assert rep.findings[0].status == "ok" and "hub_host_resolves" not in rep.facts

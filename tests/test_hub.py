@@ -328,7 +328,7 @@ def test_an_unresolvable_hub_host_fails_at_once_not_after_backoff(monkeypatch):
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "HF_ENDPOINT"):
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(NotFoundError, match="huggingface.co does not resolve"):
         hub.list_bundles("atlas-alignment")
@@ -343,3 +343,9 @@ def test_an_unresolvable_hub_host_fails_at_once_not_after_backoff(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.check_resolvable()  # huggingface_hub refuses by itself, with its own message
     assert len(calls) == 2
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    from atlascli.errors import InputError
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.internal:port")
+    with pytest.raises(InputError, match="is not a URL"):
+        hub.check_resolvable()

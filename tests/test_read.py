@@ -264,3 +264,4 @@ def test_read_combines_layers_by_their_mean_z_score(aligned, tiny_models) -> Non
     assert [c.index for c in both.combined] == list(np.argsort(-want, kind="stable")[:5])
     np.testing.assert_allclose([c.value for c in both.combined], np.sort(want)[::-1][:5], rtol=1e-4, atol=1e-5)
     assert read_text(ReadConfig(text, layers=(1, 2), top=5, standardise=False)).combined == []
+    assert read_text(ReadConfig(text, layers=(2, 2), top=5, standardise=True)).combined == []  # one layer twice

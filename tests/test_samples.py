@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from atlascli.cli.main import main
+from atlascli.errors import InputError
 from atlascli.registry import Registry
 from atlascli.samples import activation_moments, aligned_sentences, top_examples
 from atlascli.search import query_from_features, resolve_alignment, subject_similarity
@@ -83,7 +84,7 @@ def test_moments_are_the_population_mean_and_sd():
 
 
 def test_unknown_metric_is_refused():
-    with pytest.raises(ValueError, match="unknown alignment metric"):
+    with pytest.raises(InputError, match="unknown alignment metric"):
         aligned_sentences(_Acts(np.ones((3, 2))), 0, torch.ones(2), ["a", "b", "c"], metric="dot")
 
 
@@ -119,3 +120,28 @@ def test_search_on_the_registry_uses_the_standardised_ranking(aligned, tiny_mode
     assert main(["search", "--features", "3", "--layer", "2", "--aligned-metric", "dot"]) != 0
     err = capsys.readouterr().err
     assert "unknown alignment metric" in err and "Traceback" not in err
+
+
+def test_a_unit_that_fires_once_does_not_take_over_the_standardised_ranking():
+    """Planted: sentences 0-9 carry the concept (dimensions 0-7); unit 63 fires on sentence 50 only, so its spread is
+    tiny. s leans on unit 63 a little: without a floor on the spread, sentence 50 would come first."""
+    rng = np.random.default_rng(4)
+    n = 2000
+    x = rng.normal(size=(n, 64))
+    x[:10, :8] += 4.0
+    x[:, 63] = 0.0
+    x[50, 63] = 1.0
+    s = np.zeros(64)
+    s[:8], s[63] = 1.0, 0.1
+    sentences = [str(i) for i in range(n)]
+    got = [t for _, t in aligned_sentences(_Acts(x, size=500), 0, torch.from_numpy(s).float(), sentences, n=10)]
+    assert set(got) == {str(i) for i in range(10)}
+
+
+def test_a_direction_without_support_aligns_no_sentence():
+    x = np.random.default_rng(5).normal(size=(20, 4))
+    x[:, 3] = 1.0  # dead: constant
+    s = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    sentences = [str(i) for i in range(20)]
+    assert aligned_sentences(_Acts(x), 0, s, sentences) == []
+    assert aligned_sentences(_Acts(x), 0, torch.zeros(4), sentences, metric="centred") == []

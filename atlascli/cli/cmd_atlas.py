@@ -69,7 +69,7 @@ def _summary(art: Artifact) -> None:
     if q.get("fraction_variance_explained") is not None:
         table.add_row("variance explained", f"{q['fraction_variance_explained']:.3f} (held-out tokens)")
         table.add_row("L0 / dead", f"{q.get('l0', 0):.1f} / {q.get('dead_features', 0)} "
-                                   f"({100 * q.get('dead_fraction', 0):.2g}%)")
+                                   f"({100 * q.get('dead_fraction', 0):.3g}%)")
     if q.get("coherent_fraction") is not None:
         table.add_row("coherent features", f"{q['coherent_features']:,} ({100 * q['coherent_fraction']:.1f}%; "
                                            f"coherence >= {q.get('coherence_threshold')}), "
@@ -182,11 +182,12 @@ def show(ref: str | None = typer.Argument(None, help="Atlas id or name (latest w
         console.print("  distinctive words: " + ", ".join(f"{w} (z={float(z):.2f})" for w, z in rec["words"]),
                       highlight=False)
     if rec.get("wordnet"):
-        wn = rec["wordnet"]
+        wn = rec["wordnet"] if isinstance(rec["wordnet"], dict) else {}
         parts = [wn.get("lexname") or "", f"lemmas {', '.join(wn.get('lemmas') or [])}" if wn.get("lemmas") else "",
                  f"shared hypernym {wn['hypernym']}" if wn.get("hypernym") else "",
                  f"{wn['synsets']} synsets among the top samples" if wn.get("synsets") else ""]
-        console.print("  WordNet: " + "; ".join(p for p in parts if p), highlight=False)
+        if any(parts):
+            console.print("  WordNet: " + "; ".join(p for p in parts if p), highlight=False)
     for v, s in zip(rec.get("top_values", []), rec.get("top_samples", [])):
         console.print(f"  {v:8.3f}  {s}", highlight=False)
 
@@ -202,7 +203,7 @@ def concept_add(
     atlas: str | None = typer.Option(None, help="Atlas (latest when omitted)."),
     top_features: int = typer.Option(5, min=1, help="Features kept for text queries (labels route)."),
     threshold: float | None = typer.Option(None, min=-1.0, max=1.0,
-                                           help="Minimum similarity of the text to labels / examples (0.25)."),
+                                           help="Minimum similarity of the text to labels (0.25) / examples (0.2)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Save a concept query under a name."""

@@ -73,7 +73,7 @@ def search_cmd(
                                            "the corpus mean), labels (feature labels), auto (examples if stored)."),
     top_features: int = typer.Option(5, min=1, help="Atlas features a text query resolves to (labels route)."),
     threshold: float | None = typer.Option(None, min=-1.0, max=1.0,
-                                           help="Minimum similarity of the text to labels / examples (0.25)."),
+                                           help="Minimum similarity of the text to labels (0.25) / examples (0.2)."),
     include_incoherent: bool = typer.Option(False, help="Let text match incoherent (syntax) features too."),
     examples_per_feature: int = typer.Option(2, "--samples", min=0, help="Max-activating test sentences per feature."),
     test_limit: int | None = typer.Option(None, min=1, help="Test sentences scanned for max-activating examples "

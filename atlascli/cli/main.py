@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("ATLAS_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
+    from rich.markup import escape
+
     from atlascli.cli.common import err, quiet_other_ranks
     from atlascli.errors import PeerError
 
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         err.quiet = False
-        err.print((f"[bold]rank {rank}:[/] " if rank else "") + f"[bold red]error:[/] {exc.message}"
-                  + (f" [dim]({exc.hint})[/]" if exc.hint else ""), highlight=False, soft_wrap=True)
+        err.print((f"[bold]rank {rank}:[/] " if rank else "") + f"[bold red]error:[/] {escape(exc.message)}"
+                  + (f" [dim]({escape(exc.hint)})[/]" if exc.hint else ""), highlight=False, soft_wrap=True)
         return 2
     except _EXITS as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         where = f"`{ctx.command_path} --help`" if ctx is not None else "`atlas --help`"
         err.quiet = False
-        err.print(f"[bold red]error:[/] {exc.format_message()} [dim](see {where})[/]",  # type: ignore[attr-defined]
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())} [dim](see {where})[/]",  # type: ignore[attr-defined]
                   highlight=False, soft_wrap=True)
         return int(getattr(exc, "exit_code", 2))
     except _ABORTS:
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.quiet = False
         err.print((f"[bold]rank {rank}:[/] " if rank else "") + f"[bold red]internal error:[/] "
-                  f"{exc.__class__.__name__}: {exc} [dim](rerun with --debug for the traceback)[/]",
+                  f"{exc.__class__.__name__}: {escape(str(exc))} [dim](rerun with --debug for the traceback)[/]",
                   highlight=False, soft_wrap=True)
         return 1
     # without standalone mode, `raise typer.Exit(code)` comes back as the return value

@@ -155,22 +155,37 @@ def require_token(token: str | None = None) -> str:
     return found
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for offline mode (huggingface_hub's truthy values)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def check_resolvable() -> None:
     """Fail in milliseconds, not after huggingface_hub's ~25 s of backoff, when the Hub's host name does not resolve
     (no network). Skipped in offline mode (huggingface_hub says so itself) and behind a proxy (which resolves)."""
     import socket
     from urllib.parse import urlparse
+    from urllib.request import getproxies, proxy_bypass
 
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if hub_offline():
         return
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return
-    parsed = urlparse(endpoint() or "https://huggingface.co")
-    host = parsed.hostname or "huggingface.co"
+    url = endpoint() or "https://huggingface.co"
     try:
-        socket.getaddrinfo(host, parsed.port or (443 if parsed.scheme == "https" else 80))
-    except OSError as exc:
-        raise NotFoundError(f"cannot reach the Hugging Face Hub: {host} does not resolve ({exc.strerror or exc})",
+        parsed = urlparse(url if "://" in url else f"https://{url}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError as exc:
+        raise InputError(f"HF_ENDPOINT {url!r} is not a URL ({exc})",
+                         "e.g. HF_ENDPOINT=https://hub.example.org") from exc
+    if not host:
+        raise InputError(f"HF_ENDPOINT {url!r} names no host", "e.g. HF_ENDPOINT=https://hub.example.org")
+    proxies = getproxies()
+    if (proxies.get("https") or proxies.get("http") or proxies.get("all")) and not proxy_bypass(host):
+        return  # the proxy resolves names
+    try:
+        socket.getaddrinfo(host, port or (443 if parsed.scheme == "https" else 80))
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise NotFoundError(f"cannot reach the Hugging Face Hub: {host} does not resolve ({why})",
                             "check the network (or HF_ENDPOINT); what is already in the registry works offline"
                             ) from exc
 
