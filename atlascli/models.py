@@ -323,11 +323,17 @@ def blocks(model: nn.Module) -> nn.ModuleList:
                      "supported: Llama, Gemma 2/3, Qwen2, Mistral, GPT-2, GPT-NeoX families")
 
 
+def check_site(site: str) -> str:
+    """``site`` when it is one of :data:`SITES`; else a clear error."""
+    if site not in SITES:
+        raise InputError(f"unknown site {site!r}", f"use one of {', '.join(SITES)}")
+    return site
+
+
 def check_layer(model: nn.Module, layer: int, site: str) -> None:
     """Raise a clear error when the layer index or site is invalid."""
     n = len(blocks(model))
-    if site not in SITES:
-        raise InputError(f"unknown site {site!r}", f"use one of {', '.join(SITES)}")
+    check_site(site)
     if not 0 <= layer < n:
         raise InputError(f"layer {layer} is out of range for this model", f"valid layers are 0..{n - 1}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from atlascli.errors import InputError, NotFoundError
-from atlascli.models import SITES, ZOO, package_dir, resolve_device
+from atlascli.models import ZOO, check_site, package_dir, resolve_device
 from atlascli.paths import model_cache_dir
 
 ZOO_CONFIGS: dict[str, dict[str, Any]] = {
@@ -214,8 +214,7 @@ def probe_model(name: str, revision: str | None = None, trust_remote_code: bool 
 
 def check_layers(info: ModelInfo, layers: tuple[int, ...] | list[int], site: str) -> None:
     """Site known and every layer within range (same wording as :func:`atlascli.models.check_layer`)."""
-    if site not in SITES:
-        raise InputError(f"unknown site {site!r}", f"use one of {', '.join(SITES)}")
+    check_site(site)
     if not layers:
         raise InputError("no layers given", "pass --layers, e.g. --layers 3,12")
     for layer in layers:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from atlascli.atlas.store import Atlas
 from atlascli.errors import InputError, NotFoundError
 from atlascli.readout import (
     ConceptHit,
@@ -290,13 +291,13 @@ def read_text(cfg: ReadConfig, registry: Registry | None = None, lm: Any | None 
                         f"only the first {len(run.token_ids)} were read")
     pos = torch.nonzero(run.real).flatten().tolist()
     read = [_read_layer(a, run, pos, cfg, registry, warnings) for a in arts]
-    layers = [lr for lr, _ in read]
+    layers = [lr for lr, _, _ in read]
     combined: list[ConceptHit] = []
-    zs = [z for _, z in read]
+    zs = [z for _, z, _ in read]
     distinct = len({lr.alignment for lr in layers}) > 1
     if distinct and all(z is not None for z in zs) and len({lr.atlas for lr in layers}) == 1:
         mean = torch.stack([z for z in zs if z is not None]).mean(0)
-        combined = top_concepts(mean, cfg.top, alignment_atlas(arts[-1], registry), cfg.coherent_only)
+        combined = top_concepts(mean, cfg.top, read[-1][2], cfg.coherent_only)
     return ReadResult(cfg.text, subject, layers[-1].atlas, len(run.token_ids),
                       truncated, [run.tokens[i] for i in pos], [run.offsets[i] for i in pos], layers, warnings,
                       combined)
@@ -335,8 +336,9 @@ def score_scale(art: Artifact, tr: StoredTranslation, transform: InputTransform,
 
 
 def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, registry: Registry,
-                warnings: list[str]) -> tuple[LayerReading, torch.Tensor | None]:
-    """The reading of one layer, and the whole text's z-scores [dc] (None when not standardised)."""
+                warnings: list[str]) -> tuple[LayerReading, torch.Tensor | None, Atlas | None]:
+    """The reading of one layer, the whole text's z-scores [dc] (None when not standardised) and the atlas whose
+    labels it shows."""
     layer = int(art.provenance["layer"])
     atlas = alignment_atlas(art, registry)
     tr = StoredTranslation.from_artifact(art)
@@ -371,5 +373,5 @@ def _read_layer(art: Artifact, run: Any, pos: list[int], cfg: ReadConfig, regist
         highlight = {c.index: per[:, c.index].tolist() for c in concepts}
     kind = transform.kind + ("+centre" if transform.offset is not None else "") + ("+z" if z else "")
     return LayerReading(layer, art.id, atlas.id if atlas else art.provenance.get("atlas"), str(art.provenance.get("method")),
-                        kind, concepts, tokens, highlight), (scores[0] if z else None)
+                        kind, concepts, tokens, highlight), (scores[0] if z else None), atlas
 

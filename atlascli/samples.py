@@ -47,6 +47,11 @@ def top_examples(acts: Any, layer: int, features: list[int], sentences: list[str
     return {f: [(v, sentences[i]) for v, i in lst] for f, lst in best.items()}
 
 
+def varying(sd: torch.Tensor) -> torch.Tensor:
+    """Dimensions whose spread is at least :data:`SD_FLOOR` of the largest one (the others are dead units)."""
+    return sd > SD_FLOOR * float(sd.max().clamp_min(1e-300))
+
+
 def activation_moments(acts: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
     """Mean and standard deviation (float64, population) of the activations at ``layer``, and the row count."""
     total: torch.Tensor | None = None
@@ -69,7 +74,7 @@ def alignment_scores(x: torch.Tensor, s: torch.Tensor, mean: torch.Tensor, sd: t
     d = s.double()
     if sd is not None:
         sd = sd.double()
-        alive = sd > SD_FLOOR * float(sd.max().clamp_min(1e-300))
+        alive = varying(sd)
         floor = SD_MIN_SHARE * float(sd[alive].median()) if alive.any() else 1.0
         inv = torch.where(alive, 1.0 / sd.clamp_min(floor), torch.zeros_like(sd))
         xc, d = xc * inv, d * inv
@@ -87,8 +92,7 @@ def aligned_sentences(acts: Any, layer: int, s: torch.Tensor, sentences: list[st
     if moments is None:
         return []
     mean, sd, _ = moments
-    varying = sd > SD_FLOOR * float(sd.max().clamp_min(1e-300))
-    if not bool((s.double()[varying] != 0).any()):  # s is zero where the activations vary: nothing is aligned with it
+    if not bool((s.double()[varying(sd)] != 0).any()):  # s is zero where the activations vary: nothing is aligned with it
         return []
     best: list[tuple[float, int]] = []
     for shard in acts.shards(layer):

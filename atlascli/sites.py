@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from atlascli.errors import InputError
-from atlascli.models import SITES
+from atlascli.models import check_site
 
 FEATURE_SITES = ("mlp", "mlp_out", "resid")
 """Preference of search, explain, read and evaluate: MLP neurons are the subject features the paper inspects (one
@@ -27,8 +27,7 @@ def choose_site(alignments: list[Any], site: str | None, prefer: tuple[str, ...]
     alignments at that site, oldest first as given."""
     fitted = sorted({str(a.provenance.get("site", "mlp")) for a in alignments})
     if site is not None:
-        if site not in SITES:
-            raise InputError(f"unknown site {site!r}", f"use one of {', '.join(SITES)}")
+        check_site(site)
         if fitted and site not in fitted:
             subject = alignments[-1].provenance.get("subject", "")
             raise InputError(f"no alignment of {subject} at site {site} (fitted sites: {', '.join(fitted)})",

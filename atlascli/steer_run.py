@@ -64,16 +64,15 @@ class SteerConfig:
     """Weights dtype of the subject model (float32, bfloat16, float16)."""
 
     def __post_init__(self) -> None:
-        from atlascli.models import SITES, _dtype, resolve_device
+        from atlascli.models import _dtype, check_site, resolve_device
         from atlascli.steering import LAMBDA_UNITS
-        from atlascli.translate.base import METHODS
+        from atlascli.translate import check_method
 
         if self.unit not in LAMBDA_UNITS:
             raise InputError(f"unknown lambda unit {self.unit!r}", f"use one of {', '.join(LAMBDA_UNITS)}")
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}", f"use one of {', '.join(METHODS)}")
-        if self.site is not None and self.site not in SITES:
-            raise InputError(f"unknown site {self.site!r}", f"use one of {', '.join(SITES)}")
+        check_method(self.method)
+        if self.site is not None:
+            check_site(self.site)
         resolve_device(self.device)
         _dtype(self.dtype)
         if self.max_new_tokens < 1:

@@ -71,3 +71,17 @@ def text_embeddings(texts: list[str]) -> Any:
         if not t.strip():
             e[i] = 0
     return e
+
+
+def demo_alignments(method: str = "procrustes") -> tuple[Any, Any, list[Any]]:
+    """The registry, its latest atlas and that atlas's ``method`` alignments (oldest first); exits with the fix when
+    there are none (the benchmarks that read the demo registry)."""
+    from atlascli.atlas import resolve_atlas
+    from atlascli.registry import Registry
+
+    reg = Registry()
+    atlas = resolve_atlas(None, reg)
+    found = reg.find("alignment", method=method, atlas=atlas.weights_id)
+    if not found:
+        sys.exit(f"no {method} alignment in the registry: run `make demo` first")
+    return reg, atlas, found

@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import text_embeddings, write  # noqa: E402
+from common import demo_alignments, text_embeddings, write  # noqa: E402
 
 CONCEPTS = [
     # the user's examples and the paper's Table 6 / Table 8 concepts
@@ -51,12 +51,10 @@ def _gain(idx: list[int], sims: Any, base: float) -> float:
 def main() -> None:
     import torch
 
-    from atlascli.atlas import resolve_atlas
     from atlascli.corpus import load_split
     from atlascli.embed import embed
     from atlascli.extract import Activations, find_covering
     from atlascli.models import load_model
-    from atlascli.registry import Registry
     from atlascli.samples import alignment_scores
     from atlascli.search import query_from_text, subject_similarity
     from atlascli.search_run import test_activations
@@ -80,11 +78,7 @@ def main() -> None:
     ap.add_argument("--out", default="concepts")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    reg = Registry()
-    atlas = resolve_atlas(None, reg)
-    procrustes = reg.find("alignment", method="procrustes", atlas=atlas.weights_id)
-    if not procrustes:
-        sys.exit("no Procrustes alignment in the registry: run `make demo` first")
+    reg, atlas, procrustes = demo_alignments()
     _, found = choose_site(procrustes, args.site or None, FEATURE_SITES)
     fits = {int(a.provenance["layer"]): a for a in found}
     steer_site, found = choose_site(procrustes, args.steer_site or None, STEER_SITES)

@@ -21,18 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write  # noqa: E402
+from common import demo_alignments, write  # noqa: E402
 
 
 def main() -> None:
     import torch
 
-    from atlascli.atlas import resolve_atlas
     from atlascli.embed import embed
     from atlascli.extract import Activations
     from atlascli.read import score_scale, transform_for
     from atlascli.readout import map_to_atlas
-    from atlascli.registry import Registry
     from atlascli.search_run import test_activations
     from atlascli.sites import FEATURE_SITES, choose_site
     from atlascli.translate import StoredTranslation
@@ -43,11 +41,7 @@ def main() -> None:
     ap.add_argument("--out", default="read")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    reg = Registry()
-    atlas = resolve_atlas(None, reg)
-    found = reg.find("alignment", method="procrustes", atlas=atlas.weights_id)
-    if not found:
-        sys.exit("no Procrustes alignment in the registry: run `make demo` first")
+    reg, atlas, found = demo_alignments()
     site, found = choose_site(found, None, FEATURE_SITES)
     fits = {int(a.provenance["layer"]): a for a in found}
     labels = torch.nn.functional.normalize(atlas.label_embeddings.float(), dim=1)
