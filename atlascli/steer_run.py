@@ -65,11 +65,10 @@ class SteerConfig:
 
     def __post_init__(self) -> None:
         from atlascli.models import _dtype, check_site, resolve_device
-        from atlascli.steering import LAMBDA_UNITS
+        from atlascli.steering import check_unit
         from atlascli.translate import check_method
 
-        if self.unit not in LAMBDA_UNITS:
-            raise InputError(f"unknown lambda unit {self.unit!r}", f"use one of {', '.join(LAMBDA_UNITS)}")
+        check_unit(self.unit)
         check_method(self.method)
         if self.site is not None:
             check_site(self.site)

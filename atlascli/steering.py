@@ -76,6 +76,13 @@ as far: lambda = 35 adds 17% of the norm, chosen with bench/steer_sweep.py on 30
 uses the residual stream's reference, unmeasured."""
 
 
+def check_unit(unit: str) -> str:
+    """``unit`` when it is one of :data:`LAMBDA_UNITS`; else a clear error."""
+    if unit not in LAMBDA_UNITS:
+        raise InputError(f"unknown lambda unit {unit!r}", f"use one of {', '.join(LAMBDA_UNITS)}")
+    return unit
+
+
 def norm_reference(site: str) -> float:
     """:data:`NORM_REFERENCE` of ``site`` (MLP neurons' for an unknown site)."""
     return NORM_REFERENCE.get(site, NORM_REFERENCE["mlp"])
@@ -88,8 +95,7 @@ def absolute_lambdas(vectors: dict[int, torch.Tensor], lam: float, unit: str,
     ``norm``: lam / norm_reference(site) * median token norm of the layer / |s_c| (at MLP neurons lambda = 35 adds a
     vector as long as a typical token of that layer); ``absolute``: lam at every layer.
     """
-    if unit not in LAMBDA_UNITS:
-        raise InputError(f"unknown lambda unit {unit!r}", f"use one of {', '.join(LAMBDA_UNITS)}")
+    check_unit(unit)
     if unit == "absolute":
         return {layer: lam for layer in vectors}
     if norms is None or set(vectors) - set(norms):

@@ -224,6 +224,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:48] or "x"
 
 
+def _check_kind(kind: str) -> str:
+    """``kind`` when it is one of :data:`KINDS`; else a clear error."""
+    if kind not in KINDS:
+        raise InputError(f"unknown artifact kind {kind!r}", f"use one of {', '.join(KINDS)}")
+    return kind
+
+
 class Registry:
     """All artifacts under one root (``$ATLAS_HOME/artifacts`` by default).
 
@@ -238,8 +245,7 @@ class Registry:
 
     def kind_dir(self, kind: str) -> Path:
         """Folder holding all artifacts of ``kind``."""
-        if kind not in KINDS:
-            raise InputError(f"unknown artifact kind {kind!r}", f"use one of {', '.join(KINDS)}")
+        _check_kind(kind)
         path = self.root / kind
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -293,7 +299,7 @@ class Registry:
         return Artifact(manifest["id"], manifest["kind"], path, manifest)
 
     def _scan(self, kind: str | None) -> tuple[builtins.list[Artifact], builtins.list[Problem]]:
-        kinds = [kind] if kind else list(KINDS)
+        kinds = [_check_kind(kind)] if kind else list(KINDS)
         found: builtins.list[tuple[int, str, Artifact]] = []
         problems: builtins.list[Problem] = []
         for k in kinds:
