@@ -55,6 +55,8 @@ class ExplainConfig:
     """Device of the subject model for peak tokens."""
     site: str | None = None
     """Fitted site (None: MLP neurons when fitted, :data:`atlascli.sites.FEATURE_SITES`)."""
+    trust_remote_code: bool = False
+    """Allow the subject's own model code from the Hub (off unless asked)."""
 
     def __post_init__(self) -> None:
         from atlascli.models import resolve_device
@@ -216,7 +218,7 @@ def explain(cfg: ExplainConfig, registry: Registry | None = None, lm: Any | None
         if cfg.peaks:
             t2 = time.perf_counter()
             stored = None if lm is not None else _stored_peaks(examples, acts, layer, max_length, str(p["subject"]))
-            examples = stored or _with_peaks(examples, art, layer, site, max_length, cfg.device, lm, warnings)
+            examples = stored or _with_peaks(examples, art, layer, site, max_length, cfg, lm, warnings)
             seconds["peaks"] = time.perf_counter() - t2
     out = [FeatureExplanation(k, float(tr.row_norms[k]), *described[k], examples[k], hists[k]) for k in feats]
     return ExplainResult(art.id, str(p.get("subject")), layer, site, str(p.get("method")),
@@ -279,14 +281,16 @@ def _stored_peaks(examples: dict[int, list[Example]], acts_sentences: Any, layer
 
 
 def _with_peaks(examples: dict[int, list[Example]], art: Artifact, layer: int, site: str, max_length: int,
-                device: str, lm: Any | None, warnings: list[str]) -> dict[int, list[Example]]:
+                cfg: ExplainConfig, lm: Any | None, warnings: list[str]) -> dict[int, list[Example]]:
     if not any(examples.values()):
         return examples
     p = art.provenance
-    if lm is None:
+    if lm is None:  # a Hub subject at the commit it was fitted on (peak tokens only: a changed model is a warning)
         from atlascli.models import load_model
+        from atlascli.pinned import hub_revision
 
-        lm = load_model(str(p["subject"]), device)
+        lm = load_model(str(p["subject"]), cfg.device, revision=hub_revision(str(p["subject"]), p.get("revision")),
+                        trust_remote_code=cfg.trust_remote_code)
     if p.get("revision") and lm.revision != p["revision"]:
         warnings.append(f"the loaded subject model's revision {lm.revision} differs from the alignment's "
                         f"{p['revision']}: peak tokens may not match")

@@ -16,6 +16,7 @@ from atlascli.errors import InputError, NotFoundError
 from atlascli.extract import Activations, ExtractConfig, extract, stored_prefix
 from atlascli.fit_health import Health, HoldoutHealth, health_meta
 from atlascli.models import DEFAULTS
+from atlascli.pinned import hub_revision
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import sha256_json
 from atlascli.translate import MultiFitter, parse_methods
@@ -54,6 +55,10 @@ class FitConfig:
     """Sentences per shard of the extractions (the unit of resumption and of the work split across ranks)."""
     batch_tokens: int = 2048
     """Token budget of an extraction batch (raise it on a GPU; it does not change the results' ids)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the subject; the commit it resolves to is recorded."""
+    trust_remote_code: bool = False
+    """Allow the subject's own model code from the Hub (off unless asked)."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -70,12 +75,25 @@ class FitConfig:
                                  f"e.g. --{name.replace('_', '-')} 2048")
 
     def extraction(self, model: str, layers: tuple[int, ...], site: str, sae: str | None = None,
-                   dtype: str | None = None) -> ExtractConfig:
+                   dtype: str | None = None, revision: str | None = None,
+                   trust_remote_code: bool = False) -> ExtractConfig:
         """The extraction this fit runs (or reuses) for one side: its training sentences, device, dtype (``--dtype``
-        unless given: an atlas's codes run in the atlas's own dtype), shards."""
+        unless given: an atlas's codes run in the atlas's own dtype), shards, the model's revision."""
         return ExtractConfig(model=model, layers=layers, site=site, dataset=self.dataset, split="train", sae=sae,
                              limit=self.limit, device=self.device, dtype=dtype or self.dtype, shard_size=self.shard_size,
-                             batch_tokens=self.batch_tokens)
+                             batch_tokens=self.batch_tokens, revision=revision, trust_remote_code=trust_remote_code)
+
+    def codes_extraction(self, atlas: Artifact) -> ExtractConfig:
+        """The atlas side of an SAE atlas: its codes in the atlas's own dtype, its foundation at the revision the SAE
+        was trained on (a Hub commit is asked for; other revisions are checked after extraction)."""
+        p = atlas.provenance
+        return self.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=atlas.id,
+                               dtype=atlas_dtype(p), revision=hub_revision(p["foundation"], p.get("revision")))
+
+    def subject_extraction(self) -> ExtractConfig:
+        """The subject side: its layers and site at ``--revision``, with ``--trust-remote-code`` when asked."""
+        return self.extraction(self.subject, self.layers, self.site, revision=self.revision,
+                               trust_remote_code=self.trust_remote_code)
 
 
 def resolve_atlas_ref(ref: str | None, registry: Registry) -> tuple[str, int, str] | Artifact:
@@ -127,8 +145,11 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
     weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE (and alignments) with the original
     if weights != art.id and registry.exists(weights, "atlas"):
         art = registry.get(weights, "atlas")
-    codes = open_extraction(cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id,
-                                           dtype=atlas_dtype(art.provenance)), registry, progress)
+    codes = open_extraction(cfg.codes_extraction(art), registry, progress)
+    now = codes.artifact.provenance.get("revision")
+    if p.get("revision") and now != p["revision"]:  # the SAE belongs to the foundation's weights it was trained on
+        raise InputError(f"foundation {p['foundation']} is now at revision {str(now)[:28]}, but atlas {art.id} was "
+                         f"trained on {p['revision'][:28]}", "restore those weights, or build a new atlas on these")
     return (codes, int(p["layer"]),
             {"atlas": art.id, "atlas_version": art.manifest["created"], "atlas_kind": "sae"})
 
@@ -151,7 +172,7 @@ def fit(cfg: FitConfig, registry: Registry | None = None, progress: ProgressFn |
         return (lambda d, t, _tok: progress(stage, d, t)) if progress else None
 
     atlas_acts, atlas_layer, atlas_prov = resolve_atlas_activations(cfg, registry, stage_progress("atlas extract"))
-    subj = open_extraction(cfg.extraction(cfg.subject, cfg.layers, cfg.site), registry,
+    subj = open_extraction(cfg.subject_extraction(), registry,
                            stage_progress("subject extract"))
     sp, ap = subj.artifact.provenance, atlas_acts.artifact.provenance
     if sp["dataset_fingerprint"] != ap["dataset_fingerprint"] or sp["split"] != ap["split"]:

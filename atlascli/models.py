@@ -250,6 +250,32 @@ def local_revision(name: str) -> str | None:
     return folder_revision(path) if (path / "config.json").exists() else None
 
 
+def _from_pretrained(name: str, folder: Path, dt: torch.dtype, trust_remote_code: bool,
+                     mapped: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """A transformers model folder and its tokenizer; a model that needs its own code says how to allow it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, trust_remote_code=trust_remote_code,
+                                                     **mapped)
+    except ValueError as exc:
+        refused = None if trust_remote_code else remote_code_refused(name, exc)
+        if refused is None:
+            raise
+        raise refused from None
+    return model, tok
+
+
+def remote_code_refused(name: str, exc: Exception) -> InputError | None:
+    """The clear error for a model that needs its own code when running it was not allowed (transformers says so with
+    a ValueError naming ``trust_remote_code``); None for any other error."""
+    if "trust_remote_code" not in str(exc):
+        return None
+    return InputError(f"{name} needs its own model code to load (custom code in the model's repository)",
+                      "read that code, then pass --trust-remote-code if you trust its authors")
+
+
 def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision: str | None = None,
                trust_remote_code: bool = False, device_map: str | dict[str, Any] | None = None) -> LoadedModel:
     """Load a zoo model, a local folder / .gguf file, or a Hugging Face model id.
@@ -257,7 +283,6 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision:
     A subject too big for one device loads with accelerate's ``device_map`` (``--device auto`` on a CUDA machine,
     or an explicit ``device_map``): its blocks are spread over the GPUs (then CPU, then disk); hooks work as usual
     and :func:`placement` says which layers sit where. ``.gguf`` models (small) always load on one device."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -285,17 +310,13 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32", revision:
         else:
             if not (path / "config.json").exists():
                 raise NotFoundError(f"{path} has no config.json", "point at a transformers model folder or a .gguf file")
-            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=trust_remote_code,
-                                                         **mapped)
+            model, tok = _from_pretrained(name, path, dt, trust_remote_code, mapped)
             rev = folder_revision(path)
     else:
         from atlascli.registry.hub import snapshot_model
 
         folder, rev = snapshot_model(name, revision)
-        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, trust_remote_code=trust_remote_code,
-                                                     **mapped)
+        model, tok = _from_pretrained(name, folder, dt, trust_remote_code, mapped)
     if getattr(model, "hf_device_map", None):  # dispatched by accelerate: its hooks move weights and activations
         model.eval()
         dev = home_device(model) or dev

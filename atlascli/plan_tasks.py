@@ -6,6 +6,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from atlascli.errors import InputError
+from atlascli.pinned import hub_revision
 from atlascli.plan import (
     EFFICIENCY,
     GENERATION_EFFICIENCY,
@@ -33,7 +34,7 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
 
     registry = registry or Registry()  # SAE shape and counts: checked by AtlasBuildConfig itself
     check_runtime(cfg.device, cfg.dtype)
-    info = probe_model(cfg.foundation)
+    info = probe_model(cfg.foundation, cfg.revision, cfg.trust_remote_code)
     check_layers(info, (cfg.layer,), cfg.site)
     dataset = resolve_dataset(cfg.dataset, registry)
     n_train = split_size(dataset, "train")
@@ -100,7 +101,7 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
     arts = [a for t in table.values() for a in t.values()]
     layers = sorted(next(iter(table.values())))
     p0 = arts[0].provenance
-    info = probe_model(subject)
+    info = probe_model(subject, hub_revision(subject, p0.get("revision")), cfg.trust_remote_code)
     check_layers(info, layers, p0["site"])
     weights = atlas.artifact  # a relabelled atlas shares its SAE (and so its alignments) with the original
     if atlas.weights_id != atlas.id and registry.exists(atlas.weights_id, "atlas"):
@@ -118,7 +119,7 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
                              f"({p.get('atlas_version')}, the atlas is {weights.manifest.get('created')})",
                              f"refit: atlas fit --atlas {atlas.id} --layers {p['layer']} --method {p['method']}")
     ap = atlas.artifact.provenance
-    foundation = probe_model(ap["foundation"])
+    foundation = probe_model(ap["foundation"], hub_revision(ap["foundation"], ap.get("revision")))
     check_layers(foundation, (int(ap["layer"]),), ap["site"])
     dataset = registry.get(p0["dataset"], "dataset")
     steps: list[Step] = []
@@ -188,7 +189,7 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
     methods = parse_methods(cfg.methods)
     check_runtime(cfg.device, cfg.dtype)
     check_limit(cfg.limit)
-    subject = probe_model(cfg.subject)
+    subject = probe_model(cfg.subject, cfg.revision, cfg.trust_remote_code)
     check_layers(subject, cfg.layers, cfg.site)
     dataset = resolve_dataset(cfg.dataset, registry)
     n_train = split_size(dataset, "train")
@@ -223,17 +224,14 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
             weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE with the original (as fit does)
             if weights != art.id and registry.exists(weights, "atlas"):
                 art = registry.get(weights, "atlas")
-            from atlascli.atlas.build import atlas_dtype
-
-            atlas_cfg = cfg.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=art.id,
-                                       dtype=atlas_dtype(art.provenance))
+            atlas_cfg = cfg.codes_extraction(art)
             step, disk = extract_step(atlas_cfg, registry, for_fit=True)
             atlas_width = int(p["width"])
             atlas_key = art.id
         else:
             raise InputError(f"{art.id} is a {art.kind}, not an atlas", "pass an atlas or activations id")
     steps.append(step)
-    subj_cfg = cfg.extraction(cfg.subject, cfg.layers, cfg.site)
+    subj_cfg = cfg.subject_extraction()
     sstep, sdisk = extract_step(subj_cfg, registry, subject, for_fit=True)
     steps.append(sstep)
     if sstep.action == "reuse" and step.action == "reuse" and sstep.artifact:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from atlascli.errors import InputError, NotFoundError
-from atlascli.models import ZOO, check_site, package_dir, resolve_device
+from atlascli.models import ZOO, check_site, package_dir, remote_code_refused, resolve_device
 from atlascli.paths import model_cache_dir
 
 ZOO_CONFIGS: dict[str, dict[str, Any]] = {
@@ -182,7 +182,12 @@ def _hub_config(name: str, revision: str | None, trust_remote_code: bool) -> Any
         raise NotFoundError(f"unknown model {name!r}: the Hugging Face Hub cannot be reached and it is not in the "
                             f"cache ({exc.__class__.__name__})",
                             "use a zoo name (`atlas models`) or a local folder, or retry online") from None
-    return AutoConfig.from_pretrained(str(Path(path).parent), trust_remote_code=trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(str(Path(path).parent), trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if (refused := remote_code_refused(name, exc)) is not None and not trust_remote_code:
+            raise refused from None
+        raise
 
 
 def probe_model(name: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelInfo:
@@ -206,6 +211,8 @@ def probe_model(name: str, revision: str | None = None, trust_remote_code: bool 
         try:
             cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except Exception as exc:
+            if (refused := remote_code_refused(name, exc)) is not None and not trust_remote_code:
+                raise refused from None
             raise InputError(f"cannot read {path / 'config.json'} ({exc.__class__.__name__}: {exc})",
                              "is it a transformers causal LM folder?") from None
         return _info(name, "folder", _shape_from_config(cfg))

@@ -181,6 +181,8 @@ class ReadConfig:
     same (pooled) scale, an approximation like ``centre``'s."""
     site: str | None = None
     """Fitted site (None: MLP neurons when fitted, :data:`atlascli.sites.FEATURE_SITES`)."""
+    trust_remote_code: bool = False
+    """Allow the subject's own model code from the Hub (off unless asked)."""
 
 
 @dataclass(frozen=True)
@@ -267,10 +269,12 @@ def read_text(cfg: ReadConfig, registry: Registry | None = None, lm: Any | None 
     arts = find_alignments(registry, list(cfg.layers) if cfg.layers else None, cfg.subject, cfg.method, cfg.atlas,
                            site=cfg.site)
     subject = str(arts[0].provenance["subject"])
-    if lm is None:
-        from atlascli.models import load_model
+    from atlascli.pinned import check_fitted_on, load_pinned
 
-        lm = load_model(subject, cfg.device)
+    if lm is None:  # the weights the alignments were fitted on
+        lm = load_pinned(subject, arts[-1].provenance.get("revision"), f"alignment {arts[-1].id}", cfg.device,
+                         trust_remote_code=cfg.trust_remote_code)
+    check_fitted_on(lm, arts)
     ctx = context_length(lm)
     warnings: list[str] = []
     max_len = ctx

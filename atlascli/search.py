@@ -219,13 +219,13 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str]) -> str | None:
 def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> torch.Tensor:
     """Max-pooled atlas codes [n, width] of sentences (foundation model + the atlas SAE)."""
     from atlascli.extract import ExtractConfig, extract_shard
-    from atlascli.models import load_model
+    from atlascli.pinned import load_pinned
     from atlascli.saes import load_atlas_sae
 
     p = atlas.artifact.provenance
     if not sentences:
         raise InputError("no example sentences", "give a file with one sentence per line")
-    lm = lm or load_model(p["foundation"])
+    lm = lm or load_pinned(p["foundation"], p.get("revision"), f"atlas {atlas.id}")  # the SAE's foundation weights
     sae = load_atlas_sae(atlas.artifact, str(lm.device))  # checked against the manifest (cached)
     cfg = ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"], sae=atlas.id)
     out = extract_shard(lm, sentences, cfg, sae)

@@ -62,6 +62,8 @@ class SteerConfig:
     """Device of the subject model (cpu, cuda, auto)."""
     dtype: str = "float32"
     """Weights dtype of the subject model (float32, bfloat16, float16)."""
+    trust_remote_code: bool = False
+    """Allow the subject's own model code from the Hub (off unless asked)."""
 
     def __post_init__(self) -> None:
         from atlascli.models import _dtype, check_site, resolve_device
@@ -167,7 +169,7 @@ def check_steer(cfg: SteerConfig, atlas: Any, registry: Registry) -> tuple[str, 
 def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: Any,
               registry: Registry | None = None, lm: Any | None = None, concept_name: str | None = None) -> SteerOutcome:
     """Generate unsteered and steered continuations of ``prompts`` along ``query``."""
-    from atlascli.models import load_model
+    from atlascli.pinned import check_fitted_on, load_pinned
     from atlascli.steering import (
         GenerationConfig,
         absolute_lambdas,
@@ -175,6 +177,7 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
         random_like,
         site_norms,
         steer_sweep,
+        steering_alignments,
     )
 
     registry = registry or Registry()
@@ -189,10 +192,14 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
 
             paper = builtin_lambda(concept_name, atlas)
         lams, lam_source = ([paper], "paper Table 6") if paper is not None else ([DEFAULT_LAMBDA], "default")
-    lm = lm or load_model(subject, device=cfg.device, dtype=cfg.dtype)
+    if lm is None:  # the subject at the revision its newest alignment here was fitted on
+        newest = steering_alignments(registry, atlas, subject, cfg.method, site)[2][-1]
+        lm = load_pinned(subject, newest.provenance.get("revision"), f"alignment {newest.id}", cfg.device, cfg.dtype,
+                         cfg.trust_remote_code)
     n_layers = int(lm.n_layers)
     layers = list(cfg.layers) or default_layers(fitted, n_layers, site)
-    vectors, _ = concept_vectors(query, registry, atlas, subject, layers, cfg.method, site)
+    vectors, arts = concept_vectors(query, registry, atlas, subject, layers, cfg.method, site)
+    check_fitted_on(lm, arts)
     chat = bool(getattr(lm.tokenizer, "chat_template", None)) if cfg.chat is None else cfg.chat
     prompts = list(prompts) or [DEFAULT_PROMPTS["chat" if chat else "raw"]]
     norms = site_norms(lm, site, sorted(vectors), prompts, chat=chat) if cfg.unit == "norm" else {}

@@ -23,6 +23,7 @@ from atlascli.corpus import load_sources, load_split, resolve_dataset
 from atlascli.errors import InputError
 from atlascli.extract import ExtractConfig, _artifact_id, shard_name
 from atlascli.models import DEFAULTS, LoadedModel, check_layer, load_model, local_revision, model_card
+from atlascli.pinned import load_pinned
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import atomic_save_tensors, atomic_write_json, load_tensors, read_json, sha256_json
 
@@ -79,6 +80,10 @@ class AtlasBuildConfig:
     """Dtype of the foundation's forward pass (the SAE trains in float32 either way). bfloat16 runs about 2.2x
     faster on CPUs with AVX-512 BF16 (Gemma 3 270M layer 12: token activations at cosine 0.99998 to float32);
     it is part of the atlas's identity, and `atlas fit` / `evaluate` run the atlas side in it."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the foundation; the commit it resolves to names the atlas."""
+    trust_remote_code: bool = False
+    """Allow the foundation's own model code from the Hub (off unless asked)."""
 
     def __post_init__(self) -> None:
         if self.width < 2 or self.k < 1 or self.k > self.width:
@@ -99,10 +104,13 @@ class AtlasBuildConfig:
 
 def identity(cfg: AtlasBuildConfig) -> dict[str, Any]:
     """The settings that name an atlas: every field, with the default float32 dtype left out (atlases built
-    before the dtype option keep their ids)."""
+    before the dtype option keep their ids). The foundation's revision enters as the commit it resolved to (by the
+    caller), so the asked-for name and ``trust_remote_code`` (which changes no number) are left out."""
     out = asdict(cfg)
     if out.get("dtype") == "float32":
         out.pop("dtype")
+    out.pop("revision")
+    out.pop("trust_remote_code")
     return out
 
 
@@ -205,7 +213,8 @@ def relabel_offline(atlas: Any, folder: Any, registry: Registry,
         raise InputError(f"atlas {atlas.id} has no labelling codes in the registry ({codes_id})",
                          "rebuild it with `atlas atlas build`")
     dataset = registry.get(p["dataset"], "dataset")
-    tok = load_model(p["foundation"]).tokenizer  # (a cached model loads in seconds; only its tokenizer is used)
+    tok = load_pinned(p["foundation"], p.get("revision"), f"atlas {atlas.id}").tokenizer  # (a cached model loads in
+    # seconds; only its tokenizer is used: the token ids of the stored codes)
     cfg = meta.get("config", {})
     stats = label_and_store(folder, registry.get(codes_id, "activations"), int(p["layer"]), int(p["width"]),
                             load_split(dataset, "train"), load_sources(dataset, "train"),
@@ -241,7 +250,7 @@ def build_atlas(cfg: AtlasBuildConfig, registry: Registry | None = None, progres
     known = lm.revision if lm is not None else local_revision(cfg.foundation)  # a rerun: reuse before loading
     if known is not None and registry.exists(known_id := atlas_id(known), "atlas"):
         return registry.get(known_id, "atlas")
-    lm = lm or load_model(cfg.foundation, cfg.device, cfg.dtype)
+    lm = lm or load_model(cfg.foundation, cfg.device, cfg.dtype, cfg.revision, cfg.trust_remote_code)
     check_layer(lm.model, cfg.layer, cfg.site)
     art_id = atlas_id(lm.revision)
     if registry.exists(art_id, "atlas"):

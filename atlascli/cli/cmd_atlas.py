@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_artifact, emit_json, err, staged_bars
+from atlascli.cli.common import REVISION_HELP, TRUST_HELP, console, emit_artifact, emit_json, err, staged_bars
 from atlascli.registry import Artifact
 
 app = typer.Typer(no_args_is_help=True, help="Concept Atlases: a foundation model's SAE with a label per feature.")
@@ -34,6 +34,8 @@ def build(
     device: str = typer.Option("cpu"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16: the foundation's forward pass (bfloat16 "
                               "is ~2x faster on CPUs with AVX-512 BF16; the SAE trains in float32)."),
+    revision: str | None = typer.Option(None, help=REVISION_HELP),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
@@ -43,7 +45,8 @@ def build(
     cfg = AtlasBuildConfig(name=name, foundation=foundation, layer=layer, site=site, width=width, k=k,
                            dataset=dataset, train_sentences=train_sentences, max_tokens=max_tokens, epochs=epochs,
                            batch_size=batch_size, lr=lr, label_sentences=label_sentences, top_samples=top_samples,
-                           seed=seed, device=device, dtype=dtype)
+                           seed=seed, device=device, dtype=dtype, revision=revision,
+                           trust_remote_code=trust_remote_code)
     from atlascli.cli.plan_view import PlanSink
 
     if dry_run:

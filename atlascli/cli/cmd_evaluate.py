@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, parse_floats, parse_ints, read_prompts, staged_bars
+from atlascli.cli.common import TRUST_HELP, console, emit_json, parse_floats, parse_ints, read_prompts, staged_bars
 from atlascli.errors import InputError
 
 NAMES = {"procrustes": "Orthogonal Procrustes", "cov": "Covariance", "corr": "Cross Correlation",
@@ -68,6 +68,7 @@ def evaluate_cmd(
     judge_backoff: float = typer.Option(1.0, help="First retry delay in seconds (doubles)."),
     judge_timeout: float = typer.Option(60.0, help="Seconds per chat-judge request."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     plot: Path | None = typer.Option(None, help="Write a matplotlib figure here."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output (every number + configuration)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
@@ -90,7 +91,8 @@ def evaluate_cmd(
                          concepts=tuple(c.strip() for c in concepts.split(";") if c.strip()) if concepts else None,
                          prompts=plist, lambdas=lams, relative_lambda=relative, combined=combined,
                          max_new_tokens=max_new_tokens, judge=judge, judge_url=judge_url, judge_fpr=judge_fpr,
-                         judge_retries=judge_retries, judge_backoff=judge_backoff, judge_timeout=judge_timeout, device=device)
+                         judge_retries=judge_retries, judge_backoff=judge_backoff, judge_timeout=judge_timeout, device=device,
+                         trust_remote_code=trust_remote_code)
     if plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from atlascli.cli.common import console, emit_json, err, parse_ints
+from atlascli.cli.common import TRUST_HELP, console, emit_json, err, parse_ints
 from atlascli.errors import InputError
 
 BAR = "█"
@@ -82,6 +82,7 @@ def explain_cmd(
     bins: int = typer.Option(12, min=1, help="Histogram bins."),
     peaks: bool = typer.Option(True, "--peaks/--no-peaks", help="Mark each example's peak token (loads the subject)."),
     device: str = typer.Option("cpu", help="Device of the subject model."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Describe subject feature(s) in atlas concepts: row K of T, max-activating sentences, histogram."""
@@ -93,7 +94,7 @@ def explain_cmd(
     if not ks:
         raise InputError("no subject feature given", "use --feature 42 or --features 42,77")
     cfg = ExplainConfig(tuple(ks), layer, subject, method, atlas, alignment, top, samples, test_limit, bins, peaks,
-                        device, site=site)
+                        device, site=site, trust_remote_code=trust_remote_code)
     with err.status("explaining", spinner="dots") if not json_out else _null():
         res = explain(cfg)
     for w in res.warnings:
@@ -171,6 +172,7 @@ def read_cmd(
                                           "for this text), or by raw score."),
     max_tokens: int | None = typer.Option(None, help="Truncate to this many tokens (default: the model's context)."),
     device: str = typer.Option("cpu", help="Device of the subject model."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Read a text in atlas concepts: map its subject activations through T (one column per layer)."""
@@ -185,7 +187,7 @@ def read_cmd(
     assert text is not None
     cfg = ReadConfig(text, parse_ints(layers, "layers") if layers else None, subject, method, atlas, top, per_token,
                      centre, token_top, max_tokens, device, coherent_only=not include_incoherent,
-                     standardise=standardise, site=site)
+                     standardise=standardise, site=site, trust_remote_code=trust_remote_code)
     with err.status("reading", spinner="dots") if not json_out else _null():
         res = read_text(cfg)
     for w in res.warnings:

@@ -7,7 +7,7 @@ import time
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_artifact, parse_ints, throughput_bar
+from atlascli.cli.common import REVISION_HELP, TRUST_HELP, console, emit_artifact, parse_ints, throughput_bar
 
 
 def extract_cmd(
@@ -24,8 +24,8 @@ def extract_cmd(
     batch_tokens: int = typer.Option(2048, min=1, help="Token budget per batch."),
     shard_size: int = typer.Option(2048, min=1, help="Sentences per shard (unit of resumption)."),
     max_length: int = typer.Option(128, min=1, help="Truncate sentences to this many tokens."),
-    revision: str | None = typer.Option(None, help="Hub revision."),
-    trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the Hub."),
+    revision: str | None = typer.Option(None, help=REVISION_HELP),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err, parse_ints, staged_bars
+from atlascli.cli.common import REVISION_HELP, TRUST_HELP, console, emit_json, err, parse_ints, staged_bars
 
 
 def fit_cmd(
@@ -24,6 +24,8 @@ def fit_cmd(
     shard_size: int = typer.Option(2048, min=1, help="Sentences per extraction shard (unit of resumption and of "
                                                      "the work split across torchrun ranks)."),
     batch_tokens: int = typer.Option(2048, min=1, help="Token budget per extraction batch (raise it on a GPU)."),
+    revision: str | None = typer.Option(None, help=REVISION_HELP),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
@@ -34,7 +36,7 @@ def fit_cmd(
 
     cfg = FitConfig(subject=subject, layers=parse_ints(layer, "layers"), site=site, atlas=atlas, methods=method,
                     dataset=dataset, limit=limit, ridge=ridge, k=k, device=device, dtype=dtype, shard_size=shard_size,
-                    batch_tokens=batch_tokens)
+                    batch_tokens=batch_tokens, revision=revision, trust_remote_code=trust_remote_code)
     if dry_run:
         from atlascli.plan_tasks import plan_fit
 

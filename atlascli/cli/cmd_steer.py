@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json, err, parse_floats, parse_ints, read_prompts
+from atlascli.cli.common import TRUST_HELP, console, emit_json, err, parse_floats, parse_ints, read_prompts
 from atlascli.errors import InputError
 
 
@@ -41,6 +41,7 @@ def steer_cmd(
                                            help="Minimum similarity of the text to labels (0.25) / examples (0.2)."),
     device: str = typer.Option("cpu", help="Device of the subject model: cpu, cuda or auto."),
     dtype: str = typer.Option("float32", help="Subject weights dtype: float32, bfloat16 or float16."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Generate with and without steering along an atlas concept (eq. 4), side by side."""
@@ -67,7 +68,7 @@ def steer_cmd(
                       subject=subject, method=method, site=site, random=random_dir, chat=chat,
                       max_new_tokens=max_new_tokens,
                       sample=sample, seed=seed, default_prompt=prompts is None and not prompt, device=device,
-                      dtype=dtype)
+                      dtype=dtype, trust_remote_code=trust_remote_code)
     reg = Registry()
     at = resolve_atlas(atlas, reg)
     check_steer(cfg, at, reg)  # subject, site, method and layers before the concept is resolved or a model loads

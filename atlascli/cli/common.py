@@ -20,6 +20,10 @@ console = Console()
 err = Console(stderr=True)
 
 
+TRUST_HELP = "Run the model's own code from its Hub repository (read it first; off unless asked)."
+REVISION_HELP = "Hub branch, tag or commit of the model (main by default); the commit it resolves to is recorded."
+
+
 def launch_rank() -> int:
     """This process's rank in a torchrun / accelerate launch (0 without one, or when the variables are malformed:
     the library then says what is wrong)."""

@@ -12,6 +12,7 @@ from atlascli.atlas import Atlas
 from atlascli.evaluate.concept_file import ConceptSetFile, file_concept_sets, read_concept_sets, sets_for_layer
 from atlascli.evaluate.data import TestData
 from atlascli.evaluate.retrieval import chance_retrieval, concept_sets, construction_label, retrieval
+from atlascli.pinned import pinned_models
 from atlascli.registry import Artifact
 
 if TYPE_CHECKING:
@@ -42,11 +43,8 @@ def run_retrieval(cfg: EvaluateConfig, data: TestData, atlas: Atlas, subject: st
         first = table[methods[0]][layer]
         ds = int(first.provenance["shape"][0])
         if file_sets is not None:
-            from atlascli.models import load_model
-
             if not models:
-                models = {"subject": load_model(subject, cfg.device),
-                          "foundation": load_model(atlas.artifact.provenance["foundation"], cfg.device)}
+                models = pinned_models(first, atlas, cfg.device, cfg.trust_remote_code)
             mine = sets_for_layer(file_sets, layer, ds, cfg.concept_sets or "")
             label = f"file {cfg.concept_sets}: {len(mine)} concept sets (sentences no translation method was fitted on)"
             sets = file_concept_sets(data, layer, mine, models["subject"], first.provenance["site"], atlas,

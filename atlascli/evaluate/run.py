@@ -86,6 +86,8 @@ class EvaluateConfig:
     """Seconds per chat-judge request."""
     device: str = "cpu"
     """Device of extraction and generation."""
+    trust_remote_code: bool = False
+    """Allow the subject's own model code from the Hub (off unless asked)."""
 
     def __post_init__(self) -> None:
         from atlascli.evaluate.retrieval import CONSTRUCTIONS

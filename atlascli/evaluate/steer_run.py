@@ -20,6 +20,7 @@ from atlascli.judges import (
     parse_judge,
     redact_url,
 )
+from atlascli.pinned import check_fitted_on, pinned_models
 from atlascli.registry import Artifact, Registry
 from atlascli.search import ConceptQuery
 
@@ -111,7 +112,6 @@ def _cell_json(cell: CellResult) -> dict[str, Any]:
 def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject: str,
                  table: dict[str, dict[int, Artifact]], progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
     """method (and ``random``) -> layers label -> cell; plus the judge, prompts and examples."""
-    from atlascli.models import load_model
     from atlascli.steering import GenerationConfig, site_norms
 
     methods = list(table)
@@ -123,9 +123,10 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
     judge, judge_info = build_judge(cfg, names, registry, first["dataset"])
     if cfg.random_draws < 1:
         raise InputError(f"--random-draws must be >= 1, got {cfg.random_draws}", "e.g. --random-draws 3")
-    lm = load_model(subject, cfg.device)
+    models = pinned_models(table[methods[0]][layers[0]], atlas, cfg.device, cfg.trust_remote_code)
+    check_fitted_on(models["subject"], [a for by_layer in table.values() for a in by_layer.values()])
+    lm, foundation = models["subject"], models["foundation"]
     chat, fmt = prompt_format(lm.tokenizer, cfg.chat)
-    foundation = load_model(atlas.artifact.provenance["foundation"], cfg.device)
     norms = site_norms(lm, first["site"], layers, prompts, chat) if cfg.relative_lambda else None
     ev = SteeringEval(lm, first["site"], concepts, prompts, [*cfg.lambdas, 0.0],
                       GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed, chat=chat),

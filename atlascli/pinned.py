@@ -1,0 +1,54 @@
+"""Models as an artifact recorded them: a Hub model at the commit it was fitted on, any other source checked
+against its recorded content hash, so an alignment is never applied to weights it was not fitted on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from atlascli.errors import InputError
+from atlascli.models import ZOO, LoadedModel, load_model
+
+LOCAL_REVISIONS = ("gguf-sha256:", "local-")
+"""Prefixes of the revisions atlas computes itself (a .gguf file's hash, a model folder's content hash): they name
+content, not a Hub commit, so they are checked after loading rather than asked of the Hub."""
+
+
+def hub_revision(name: str, revision: str | None) -> str | None:
+    """The recorded ``revision`` to ask the Hub for: a commit of a Hub model; None for zoo models, local paths and
+    revisions atlas computed itself (checked after loading by :func:`load_pinned`)."""
+    if not revision or revision.startswith(LOCAL_REVISIONS) or name in ZOO or Path(name).expanduser().exists():
+        return None
+    return revision
+
+
+def load_pinned(name: str, revision: str | None, made: str, device: str = "cpu", dtype: str = "float32",
+                trust_remote_code: bool = False) -> LoadedModel:
+    """``name`` as ``made`` (e.g. ``alignment X``) recorded it at ``revision``; a clear error when the weights have
+    changed since (a refit is needed: the translation belongs to the old weights). No revision recorded (an
+    imported atlas): the model as it is now."""
+    lm = load_model(name, device, dtype, hub_revision(name, revision), trust_remote_code)
+    if revision and lm.revision != revision:
+        raise InputError(f"{name} is now at revision {lm.revision[:28]}, but {made} was made from {revision[:28]}",
+                         "restore the weights it was made from, or refit on the new ones with `atlas fit`")
+    return lm
+
+
+def check_fitted_on(lm: LoadedModel, alignments: list[Any]) -> None:
+    """Every alignment in ``alignments`` was fitted on the loaded weights (one refit layer must not be mixed with
+    layers fitted on older weights)."""
+    for art in alignments:
+        rev = art.provenance.get("revision")
+        if rev and rev != lm.revision:
+            raise InputError(f"alignment {art.id} (layer {art.provenance.get('layer')}) was fitted on {lm.name} "
+                             f"revision {rev[:28]}, not on the loaded {lm.revision[:28]}",
+                             f"refit it with `atlas fit --subject {lm.name} --layers {art.provenance.get('layer')}`")
+
+
+def pinned_models(alignment: Any, atlas: Any, device: str = "cpu",
+                  trust_remote_code: bool = False) -> dict[str, LoadedModel]:
+    """The subject of ``alignment`` and the foundation of ``atlas``, each at the revision recorded for it."""
+    p, ap = alignment.provenance, atlas.artifact.provenance
+    return {"subject": load_pinned(str(p["subject"]), p.get("revision"), f"alignment {alignment.id}", device,
+                                   trust_remote_code=trust_remote_code),
+            "foundation": load_pinned(str(ap["foundation"]), ap.get("revision"), f"atlas {atlas.id}", device)}

@@ -1,0 +1,89 @@
+"""Models loaded as their artifacts recorded them: Hub commits, changed local weights, custom model code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from atlascli.cli.main import main
+from atlascli.errors import InputError
+from atlascli.models import load_model
+from atlascli.pinned import check_fitted_on, hub_revision, load_pinned
+
+
+def custom_code_model(src: Path, dst: Path) -> Path:
+    """A copy of a tiny Llama whose config names its own model code (``auto_map``), as a Hub repo with custom code."""
+    shutil.copytree(src, dst)
+    (dst / "configuration_tiny.py").write_text(
+        "from transformers import LlamaConfig\n\n\nclass TinyCustomConfig(LlamaConfig):\n    model_type = 'tiny-custom'\n")
+    (dst / "modeling_tiny.py").write_text(
+        "from transformers import LlamaForCausalLM\n\nfrom .configuration_tiny import TinyCustomConfig\n\n\n"
+        "class TinyCustomForCausalLM(LlamaForCausalLM):\n    config_class = TinyCustomConfig\n")
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(model_type="tiny-custom", architectures=["TinyCustomForCausalLM"],
+               auto_map={"AutoConfig": "configuration_tiny.TinyCustomConfig",
+                         "AutoModelForCausalLM": "modeling_tiny.TinyCustomForCausalLM"})
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_hub_models_are_asked_at_their_recorded_commit(tiny_models, monkeypatch):
+    import atlascli.registry.hub as hub
+
+    asked = []
+
+    def snapshot(repo_id, revision=None):
+        asked.append((repo_id, revision))
+        return Path(tiny_models["llama"]), revision or "main-commit"
+
+    monkeypatch.setattr(hub, "snapshot_model", snapshot)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    lm = load_pinned("org/tiny", commit, "alignment A")
+    assert asked == [("org/tiny", commit)] and lm.revision == commit
+    # a Hub that answers with another commit (e.g. the recorded one was deleted): refused, not silently used
+    monkeypatch.setattr(hub, "snapshot_model", lambda repo_id, revision=None: (Path(tiny_models["llama"]),
+                                                                                 "main-commit"))
+    with pytest.raises(InputError, match="now at revision main-commit, but alignment A was made from 0123"):
+        load_pinned("org/tiny", commit, "alignment A")
+    # revisions atlas computes itself name content, not commits: never sent to the Hub
+    assert hub_revision("org/tiny", "gguf-sha256:abc") is None and hub_revision("org/tiny", "local-abc") is None
+    assert hub_revision(str(tiny_models["llama"]), commit) is None and hub_revision("smollm2-135m-instruct", commit) is None
+    assert hub_revision("org/tiny", None) is None and hub_revision("org/tiny", commit) == commit
+
+
+def test_changed_local_weights_are_refused_until_refit(tiny_models, tmp_path):
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "m")
+    before = load_model(str(folder)).revision
+    assert load_pinned(str(folder), before, "alignment A").revision == before
+    assert load_pinned(str(folder), None, "an imported atlas").revision == before  # nothing recorded: as it is now
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": True}))  # any file of the folder
+    with pytest.raises(InputError, match=r"now at revision local-.*but alignment A was made from") as exc:
+        load_pinned(str(folder), before, "alignment A")
+    assert "atlas fit" in exc.value.hint
+    lm = load_model(str(folder))
+    stale = SimpleNamespace(id="align-old", provenance={"revision": before, "layer": 2})
+    fresh = SimpleNamespace(id="align-new", provenance={"revision": lm.revision, "layer": 1})
+    check_fitted_on(lm, [fresh])
+    with pytest.raises(InputError, match="alignment align-old .layer 2. was fitted on") as exc:
+        check_fitted_on(lm, [fresh, stale])
+    assert "--layers 2" in exc.value.hint
+
+
+def test_custom_model_code_runs_only_when_asked(tiny_models, tiny_dataset, tmp_path, capsys):
+    model = custom_code_model(tiny_models["llama"], tmp_path / "custom")
+    with pytest.raises(InputError, match="needs its own model code") as exc:
+        load_model(str(model))
+    assert "--trust-remote-code" in exc.value.hint
+    args = ["fit", "--subject", str(model), "--layer", "1", "--atlas", f"{tiny_models['gpt2']}@1", "--dataset", "tiny",
+            "--limit", "120", "--json"]
+    assert main(args) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "needs its own model code" in err[0] and "--trust-remote-code" in err[0]
+    assert main([*args, "--trust-remote-code"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    prov = out["alignments"][0]["provenance"]
+    assert prov["subject"] == str(model) and prov["revision"] == load_model(str(model), trust_remote_code=True).revision
