@@ -195,18 +195,22 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str]) -> str | None:
     """A note when some content word of ``text`` labels no coherent atlas feature (e.g. "london" in an atlas with
     features for cities and for Britain but none for London): the query is then approximated by related concepts,
     and the user should know. None when every word is covered."""
+    from nltk.stem.snowball import SnowballStemmer
+
     from atlascli.atlas.labels import stop_words, words
 
     stop = stop_words()
     asked = sorted(words(text, stop))
     if not asked:
         return None
+    stem = SnowballStemmer("english").stem
     vocab: set[str] = set()
     for i in torch.nonzero(atlas.coherent).flatten().tolist():
-        vocab |= words(atlas.label(i), stop)
+        vocab |= {stem(w) for w in words(atlas.label(i), stop)}
 
-    def known(w: str) -> bool:
-        return any(v in vocab for v in (w, w.rstrip("s"), w + "s", w[:-3] + "y" if w.endswith("ies") else w))
+    def known(w: str) -> bool:  # same stem (banking: bank, secrets: secretly), or one stem of 5+ letters starts the
+        s = stem(w)  # other (volcanoes 'volcano': volcanic 'volcan')
+        return s in vocab or any(min(len(s), len(v)) >= 5 and (s.startswith(v) or v.startswith(s)) for v in vocab)
 
     missing = [w for w in asked if not known(w)]
     if not missing:

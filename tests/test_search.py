@@ -186,14 +186,21 @@ def test_coverage_note_names_query_words_no_coherent_feature_is_labelled_with():
 
     from atlascli.search import coverage_note
 
-    labels = ["city (noun.location): city, town", "british / queen", "syntax: london / the", "dog / dogs / puppy"]
-    atlas = SimpleNamespace(coherent=torch.tensor([True, True, False, True]), label=lambda i: labels[i])
+    labels = ["city (noun.location): city, town", "british / queen", "syntax: london / the", "dog / dogs / puppy",
+              "norway (noun.location): norway, volcanic, port", "credit / bank / money", "hidden / secretly"]
+    atlas = SimpleNamespace(coherent=torch.tensor([True, True, False, True, True, True, True]), label=lambda i: labels[i])
     note = coverage_note("London", atlas, labels[:2])
     # "london" labels only an incoherent feature: not a concept the atlas carries
     assert note is not None and "'london'" in note and "city, british / queen" in note
     assert coverage_note("the dogs", atlas, labels[3:]) is None  # plural of a labelled word, stop word ignored
     assert coverage_note("cities and the towns", atlas, labels[:1]) is None  # -ies -> -y
     assert coverage_note("the of and", atlas, labels) is None  # nothing but stop words
+    # forms of a labelled word (Snowball stems, a stem of 5+ letters starting another) are covered
+    for query in ("volcanoes", "money and banking", "secrets", "the banks"):
+        assert coverage_note(query, atlas, labels) is None, query
+    note = coverage_note("volcanoes and penguins", atlas, labels[4:5])
+    assert note is not None and "'penguins'" in note and "volcanoes" not in note.split(":")[0]
+    assert coverage_note("ports", atlas, labels) is None and coverage_note("portraits", atlas, labels) is not None
 
 
 def test_text_via_examples_never_shows_a_feature_the_examples_do_not_raise(aligned, monkeypatch):
