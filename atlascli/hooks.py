@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from atlascli.models import gather_device, site_module
+from atlascli.models import site_module
+from atlascli.placement import gather_device
 
 
 class StopForward(Exception):

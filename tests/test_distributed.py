@@ -315,7 +315,8 @@ def test_killed_rank_then_one_process_rerun(tiny_models, tiny_dataset, tmp_path,
 def test_big_model_placement_and_hooks(tiny_models, tiny_dataset, tmp_path):
     from atlascli.corpus import load_split
     from atlascli.extract import extract_shard
-    from atlascli.models import describe_placement, load_model, model_card, placement
+    from atlascli.models import load_model, model_card
+    from atlascli.placement import describe_placement, placement
 
     path = str(tiny_models["llama"])
     plain = load_model(path, device="auto")  # no GPU here: everything on the CPU, no device map
