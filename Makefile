@@ -48,9 +48,10 @@ bench: setup
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/hub.py --rounds 7
 	$(BIN)/python bench/distributed.py
-	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py --out concepts_demo_resid   # these two need `make demo`
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py --out concepts_demo_resid   # these four need `make demo`
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/steer_sweep.py --layer-sets 6,9 --concepts all --out steer_sweep_resid
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/read.py --out read_demo
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/mentions.py --out mentions
 
 lint: setup
 	$(BIN)/ruff check atlascli tests bench scripts examples

@@ -52,7 +52,7 @@ class ExplainConfig:
     peaks: bool = True
     """Re-run the subject on the example sentences to find each one's peak token."""
     device: str = "cpu"
-    """Device of the subject model for peak tokens."""
+    """Device of the subject model: peak tokens, and the test activations when they must be extracted (once)."""
     site: str | None = None
     """Fitted site (None: MLP neurons when fitted, :data:`atlascli.sites.FEATURE_SITES`)."""
     trust_remote_code: bool = False
@@ -64,7 +64,7 @@ class ExplainConfig:
 
         if self.alignment is None:  # an alignment id names its method
             check_method(self.method)
-        if self.peaks and self.samples > 0:  # the subject loads only to find peak tokens
+        if self.samples > 0:  # the subject runs only for examples: test activations (when missing), peak tokens
             resolve_device(self.device)
         if self.samples < 0 or self.bins < 1 or self.top < 1:
             raise InputError(f"samples must be >= 0, bins and top >= 1 (got {self.samples}, {self.bins}, {self.top})",
@@ -231,7 +231,7 @@ def _test_side(art: Artifact, feats: list[int], cfg: ExplainConfig,
     from atlascli.search_run import test_activations
 
     layer = int(art.provenance["layer"])
-    acts, sentences = test_activations(art, cfg.test_limit, registry)
+    acts, sentences = test_activations(art, cfg.test_limit, registry, cfg.device, cfg.trust_remote_code)
     ex = top_examples(acts, layer, feats, sentences, cfg.samples)
     cols = feature_columns(acts, layer, feats)  # the same sentences top_examples scanned
     hists: dict[int, Histogram | None] = {k: histogram(cols[:, i], cfg.bins) for i, k in enumerate(feats)}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from atlascli.errors import InputError
+from atlascli.extract import ExtractConfig, extract
 from atlascli.models import ZOO, LoadedModel, load_model
 
 LOCAL_REVISIONS = ("gguf-sha256:", "local-")
@@ -28,9 +29,7 @@ def load_pinned(name: str, revision: str | None, made: str, device: str = "cpu",
     changed since (a refit is needed: the translation belongs to the old weights). No revision recorded (an
     imported atlas): the model as it is now."""
     lm = load_model(name, device, dtype, hub_revision(name, revision), trust_remote_code)
-    if revision and lm.revision != revision:
-        raise InputError(f"{name} is now at revision {lm.revision[:28]}, but {made} was made from {revision[:28]}",
-                         "restore the weights it was made from, or refit on the new ones with `atlas fit`")
+    _same(name, lm.revision, revision, made)
     return lm
 
 
@@ -52,3 +51,26 @@ def pinned_models(alignment: Any, atlas: Any, device: str = "cpu",
     return {"subject": load_pinned(str(p["subject"]), p.get("revision"), f"alignment {alignment.id}", device,
                                    trust_remote_code=trust_remote_code),
             "foundation": load_pinned(str(ap["foundation"]), ap.get("revision"), f"atlas {atlas.id}", device)}
+
+
+def extract_pinned(cfg: ExtractConfig, recorded: str | None, made: str, registry: Any,
+                   progress: Any | None = None) -> Any:
+    """``extract(cfg)`` of a model as ``made`` recorded it at ``recorded``: a Hub model at that commit; a zoo model,
+    .gguf or folder checked by content hash before any work (and every result after), so activations of weights an
+    alignment was not fitted on are never computed or mixed in."""
+    from dataclasses import replace
+
+    from atlascli.models import local_revision
+
+    known = local_revision(cfg.model) if recorded else None  # zoo / local: from cached file hashes, no loading
+    if known is not None:
+        _same(cfg.model, known, recorded, made)
+    art = extract(replace(cfg, revision=hub_revision(cfg.model, recorded)), registry, progress)
+    _same(cfg.model, art.provenance.get("revision"), recorded, made)
+    return art
+
+
+def _same(name: str, now: str | None, recorded: str | None, made: str) -> None:
+    if recorded and now != recorded:
+        raise InputError(f"{name} is now at revision {str(now)[:28]}, but {made} was made from {recorded[:28]}",
+                         "restore the weights it was made from, or refit on the new ones with `atlas fit`")

@@ -87,3 +87,42 @@ def test_custom_model_code_runs_only_when_asked(tiny_models, tiny_dataset, tmp_p
     out = json.loads(capsys.readouterr().out)
     prov = out["alignments"][0]["provenance"]
     assert prov["subject"] == str(model) and prov["revision"] == load_model(str(model), trust_remote_code=True).revision
+
+
+def test_extractions_for_an_alignment_use_its_weights(tiny_models, tiny_dataset, tmp_path, monkeypatch):
+    import atlascli.preflight as preflight
+    import atlascli.registry.hub as hub
+    from atlascli.extract import ExtractConfig
+    from atlascli.pinned import extract_pinned
+    from atlascli.registry import Registry
+
+    reg = Registry()
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "m")
+    recorded = load_model(str(folder)).revision
+    cfg = ExtractConfig(model=str(folder), layers=(1,), site="mlp", dataset="tiny", split="test", limit=20)
+    art = extract_pinned(cfg, recorded, "alignment A", reg)
+    assert art.provenance["revision"] == recorded
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": True}))
+    before = {a.id for a in reg.list("activations")}
+    with pytest.raises(InputError, match="now at revision local-.*but alignment A was made from"):
+        extract_pinned(ExtractConfig(model=str(folder), layers=(2,), site="mlp", dataset="tiny", split="test",
+                                     limit=20), recorded, "alignment A", reg)
+    assert {a.id for a in reg.list("activations")} == before  # refused before any work, nothing written
+    asked = []
+
+    def snapshot(repo_id, revision=None):
+        asked.append(revision)
+        return Path(tiny_models["llama"]), revision or "main-commit"
+
+    def hub_config(name, revision, trust_remote_code):  # the plan reads the config at the same commit
+        from transformers import AutoConfig
+
+        asked.append(revision)
+        return AutoConfig.from_pretrained(str(tiny_models["llama"]))
+
+    monkeypatch.setattr(hub, "snapshot_model", snapshot)
+    monkeypatch.setattr(preflight, "_hub_config", hub_config)
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    art = extract_pinned(ExtractConfig(model="org/tiny", layers=(1,), site="mlp", dataset="tiny", split="test",
+                                       limit=20), commit, "alignment B", reg)
+    assert asked == [commit, commit] and art.provenance["revision"] == commit  # the Hub is asked for the fitted commit

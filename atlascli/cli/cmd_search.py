@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from atlascli.cli.common import console, emit_json
+from atlascli.cli.common import TRUST_HELP, console, emit_json
 from atlascli.errors import InputError
 
 
@@ -82,19 +82,25 @@ def search_cmd(
     aligned_metric: str = typer.Option("standardised", help="How they are ranked: standardised (cosine with each "
                                                             "subject dimension in units of its spread) or centred "
                                                             "(the paper's 4.3.1 ranking)."),
+    device: str = typer.Option("cpu", help="Device of the subject when its test activations must be extracted "
+                                           "(once): cpu, cuda or auto."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Find the subject features that encode a concept (eq. 3) and show what activates them."""
     from atlascli.atlas import resolve_atlas
+    from atlascli.models import resolve_device
     from atlascli.registry import Registry
     from atlascli.search import resolve_alignment
     from atlascli.search_run import run_search
 
+    resolve_device(device)  # before the query is embedded or anything extracted
     reg = Registry()
     at = resolve_atlas(atlas, reg)
     q = build_query(at, query, features, examples, contrast, top_features, threshold, route, include_incoherent)
     al = resolve_alignment(reg, alignment, subject, layer, method, at, site)
-    res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned, aligned_metric)
+    res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned, aligned_metric, device,
+                     trust_remote_code)
     if json_out:
         emit_json({"alignment": res.alignment, "atlas": at.id,
                    "query": {"source": q.source, "matches": q.matches, "examples": q.examples,

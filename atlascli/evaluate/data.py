@@ -15,7 +15,8 @@ from atlascli.atlas import Atlas
 from atlascli.atlas.build import atlas_dtype
 from atlascli.corpus import load_split
 from atlascli.errors import InputError
-from atlascli.extract import Activations, ExtractConfig, extract, find_covering
+from atlascli.extract import Activations, ExtractConfig, find_covering
+from atlascli.pinned import extract_pinned
 from atlascli.registry import Artifact, Registry
 
 ExtractProgress = Callable[[int, int, int], None]
@@ -99,7 +100,7 @@ class TestData:
 
 def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registry: Registry,
                    progress: Callable[[str], ExtractProgress | None] | None = None, device: str = "cpu",
-                   dtype: str = "float32") -> TestData:
+                   dtype: str = "float32", trust_remote_code: bool = False) -> TestData:
     """Find (or extract once) the held-out activations the evaluations need; refuse overlap with the fit data."""
     if not alignments:
         raise InputError("no alignments to evaluate", "fit some with `atlas fit --layers ... --method all`")
@@ -120,16 +121,19 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
         else:
             subject[layer] = Activations(art)
     if missing:
-        art = extract(ExtractConfig(model=p0["subject"], layers=tuple(missing), site=p0["site"], dataset=dataset.id,
-                                    split="test", limit=n, device=device, dtype=dtype), registry,
-                      progress("subject test activations") if progress else None)
+        art = extract_pinned(ExtractConfig(model=p0["subject"], layers=tuple(missing), site=p0["site"],
+                                           dataset=dataset.id, split="test", limit=n, device=device, dtype=dtype,
+                                           trust_remote_code=trust_remote_code),
+                             p0.get("revision"), f"alignment {alignments[0].id}", registry,
+                             progress("subject test activations") if progress else None)
         subject.update({layer: Activations(art) for layer in missing})
     ap = atlas.artifact.provenance
     a_layer = int(ap["layer"])
     codes = find_covering(registry, ap["foundation"], fp, "test", a_layer, n, sae=atlas.weights_id)
     if codes is None:
-        codes = extract(ExtractConfig(model=ap["foundation"], layers=(a_layer,), site=ap["site"], dataset=dataset.id,
-                                      split="test", sae=atlas.weights_id, limit=n, device=device,
-                                      dtype=atlas_dtype(ap)), registry,
-                        progress("atlas test codes") if progress else None)
+        codes = extract_pinned(ExtractConfig(model=ap["foundation"], layers=(a_layer,), site=ap["site"],
+                                             dataset=dataset.id, split="test", sae=atlas.weights_id, limit=n,
+                                             device=device, dtype=atlas_dtype(ap)),
+                               ap.get("revision"), f"atlas {atlas.id}", registry,
+                               progress("atlas test codes") if progress else None)
     return TestData(n, subject, Activations(codes), a_layer, fp)

@@ -207,7 +207,8 @@ def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Pr
     data: TestData | None = None
     if "quality" in cfg.kinds or "retrieval" in cfg.kinds:
         stage_cb = (lambda stage: (lambda d, t, _tok: progress(stage, d, t))) if progress else None
-        data = load_test_data(all_arts, atlas, cfg.test_limit, registry, stage_cb, cfg.device)
+        data = load_test_data(all_arts, atlas, cfg.test_limit, registry, stage_cb, cfg.device,
+                              trust_remote_code=cfg.trust_remote_code)
         report.data = {"dataset_fingerprint": data.dataset_fingerprint, "n_test": data.n, "split": "test"}
     if "quality" in cfg.kinds:
         assert data is not None
