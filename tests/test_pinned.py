@@ -126,3 +126,25 @@ def test_extractions_for_an_alignment_use_its_weights(tiny_models, tiny_dataset,
     art = extract_pinned(ExtractConfig(model="org/tiny", layers=(1,), site="mlp", dataset="tiny", split="test",
                                        limit=20), commit, "alignment B", reg)
     assert asked == [commit, commit] and art.provenance["revision"] == commit  # the Hub is asked for the fitted commit
+
+
+def test_commands_refuse_a_subject_changed_since_its_fit(tiny_models, tiny_dataset, tmp_path, capsys):
+    """The user's path: fit a local subject, change its folder, then read / steer / search with examples: one clear
+    line naming the refit, never a translation applied to other weights."""
+    from atlascli.atlas import AtlasBuildConfig, build_atlas
+    from atlascli.fit import FitConfig, fit
+
+    subject = shutil.copytree(tiny_models["llama"], tmp_path / "subject")
+    art = build_atlas(AtlasBuildConfig(name="tiny", foundation=str(tiny_models["gpt2"]), layer=1, width=64, k=4,
+                                       dataset="tiny", train_sentences=150, max_tokens=4000, epochs=2,
+                                       batch_size=256, lr=3e-3, label_sentences=150, top_samples=5))
+    fit(FitConfig(subject=str(subject), layers=(2,), site="mlp", atlas=art.id, dataset="tiny", limit=150))
+    read = ["read", "The dog met a cat", "--json"]
+    steer = ["steer", "--features", "3", "--lambda", "20", "--prompt", "The dog", "--max-new-tokens", "3", "--json"]
+    assert main(read) == 0 and main(steer) == 0
+    capsys.readouterr()
+    (subject / "generation_config.json").write_text(json.dumps({"do_sample": True}))
+    for args in (read, steer):
+        assert main(args) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and "is now at revision local-" in err[0] and "atlas fit" in err[0], (args, err)
