@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from atlascli.errors import InputError
 from atlascli.pinned import hub_revision
@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from atlascli.fit import FitConfig
 
 
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """An atlas build's settings that decide its result: the asked-for revision name and ``trust_remote_code`` are
+    left out (the commit a revision resolves to names the atlas; atlases built before these options stored neither)."""
+    return {k: v for k, v in config.items() if k not in {"revision", "trust_remote_code"}}
+
+
 def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
     """Check every input of ``atlas atlas build`` (foundation, layer, site, SAE shape, dataset, disk); its plan."""
     from atlascli.corpus import resolve_dataset
@@ -46,7 +52,7 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
     for art in reversed(registry.find("atlas", name=cfg.name, foundation=cfg.foundation, layer=cfg.layer, site=cfg.site,
                                       width=cfg.width, dataset_fingerprint=fp)):
         stored = {"dtype": "float32", **(art.meta.get("config") or {})}
-        if stored == asdict(cfg) and art.provenance.get("labels_version") == labels_version:
+        if _settings(stored) == _settings(asdict(cfg)) and art.provenance.get("labels_version") == labels_version:
             return Plan("atlas build", [Step("reuse", f"reuse {art.id} (same foundation, data and settings)",
                                              artifact=art.id, model=cfg.foundation, layers=[cfg.layer])],
                         smaller="--train-sentences / --label-sentences")

@@ -109,6 +109,14 @@ def test_plan_build_reuses_an_identical_atlas_and_fit_reuses_its_extractions(ali
     atlas, fits = aligned
     build = plan_build(AtlasBuildConfig(**{**TINY_BUILD, "foundation": str(tiny_models["gpt2"])}))
     assert build.reused == [atlas.id] and build.work == [] and "nothing to compute" in build.line()
+    # an atlas built before --revision / --trust-remote-code existed stored neither in its config: still the same
+    manifest = atlas.artifact.path / "manifest.json"
+    data = json.loads(manifest.read_text())
+    for key in ("revision", "trust_remote_code"):
+        data["meta"]["config"].pop(key)
+    manifest.write_text(json.dumps(data))
+    build = plan_build(AtlasBuildConfig(**{**TINY_BUILD, "foundation": str(tiny_models["gpt2"])}))
+    assert build.reused == [atlas.id] and build.work == []
     plan = plan_fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=atlas.id,
                               dataset="tiny", limit=150, methods="procrustes,cov"))
     # every alignment asked for is already there: the plan says so and has no work left (a rerun)
