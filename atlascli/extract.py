@@ -84,7 +84,9 @@ class ExtractConfig:
 
 def _artifact_id(cfg: ExtractConfig, revision: str, ds_fp: str, sae_prov: dict[str, Any] | None) -> str:
     key = {k: v for k, v in asdict(cfg).items() if k not in {"device", "batch_tokens", "max_batch"}}
-    key.update(revision=revision, dataset=ds_fp, sae=sae_prov)
+    # the resolved revision names the weights; consent to run a model's own code changes no number (kept at the
+    # value every earlier id was made with, so ids do not move)
+    key.update(revision=revision, dataset=ds_fp, sae=sae_prov, trust_remote_code=False)
     layers = "-".join(str(x) for x in cfg.layers)
     kind = "codes" if cfg.sae else cfg.site
     return f"act-{slug(cfg.model)}-{kind}-L{layers}-{cfg.split}-{sha256_json(key)[:10]}"

@@ -16,7 +16,7 @@ from atlascli.errors import InputError, NotFoundError
 from atlascli.extract import Activations, ExtractConfig, extract, stored_prefix
 from atlascli.fit_health import Health, HoldoutHealth, health_meta
 from atlascli.models import DEFAULTS
-from atlascli.pinned import hub_revision
+from atlascli.pinned import check_unchanged, hub_revision
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import sha256_json
 from atlascli.translate import MultiFitter, parse_methods
@@ -58,7 +58,7 @@ class FitConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the subject; the commit it resolves to is recorded."""
     trust_remote_code: bool = False
-    """Allow the subject's own model code from the Hub (off unless asked)."""
+    """Allow the subject's (and the atlas foundation's) own model code from the Hub (off unless asked)."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -88,7 +88,8 @@ class FitConfig:
         was trained on (a Hub commit is asked for; other revisions are checked after extraction)."""
         p = atlas.provenance
         return self.extraction(p["foundation"], (int(p["layer"]),), p["site"], sae=atlas.id,
-                               dtype=atlas_dtype(p), revision=hub_revision(p["foundation"], p.get("revision")))
+                               dtype=atlas_dtype(p), revision=hub_revision(p["foundation"], p.get("revision")),
+                               trust_remote_code=self.trust_remote_code)
 
     def subject_extraction(self) -> ExtractConfig:
         """The subject side: its layers and site at ``--revision``, with ``--trust-remote-code`` when asked."""
@@ -145,6 +146,7 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
     weights = p.get("weights_id") or art.id  # a relabelled atlas shares its SAE (and alignments) with the original
     if weights != art.id and registry.exists(weights, "atlas"):
         art = registry.get(weights, "atlas")
+    check_unchanged(p["foundation"], p.get("revision"), f"atlas {art.id}")  # before extracting anything
     codes = open_extraction(cfg.codes_extraction(art), registry, progress)
     now = codes.artifact.provenance.get("revision")
     if p.get("revision") and now != p["revision"]:  # the SAE belongs to the foundation's weights it was trained on

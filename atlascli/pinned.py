@@ -44,13 +44,43 @@ def check_fitted_on(lm: LoadedModel, alignments: list[Any]) -> None:
                              f"refit it with `atlas fit --subject {lm.name} --layers {art.provenance.get('layer')}`")
 
 
+def one_revision(alignments: list[Any]) -> str | None:
+    """The subject revision ``alignments`` were all fitted on; a clear error naming the odd one out when a layer was
+    refit on other weights (they cannot be used together: one model is loaded, one test extraction made)."""
+    first = next((a for a in alignments if a.provenance.get("revision")), None)
+    if first is None:
+        return None
+    rev = first.provenance["revision"]
+    for art in alignments:
+        other = art.provenance.get("revision")
+        if other and other != rev:
+            p = art.provenance
+            raise InputError(f"alignment {art.id} (layer {p.get('layer')}) was fitted on {p.get('subject')} revision "
+                             f"{other[:28]}, alignment {first.id} on {rev[:28]}",
+                             f"use layers fitted on one revision, or refit with `atlas fit --subject {p.get('subject')}"
+                             f" --layers {p.get('layer')}`")
+    return str(rev)
+
+
+def check_unchanged(name: str, recorded: str | None, made: str) -> None:
+    """Before any work: a zoo model, .gguf or local folder still hashes to ``recorded`` (cached file hashes, nothing
+    loaded); Hub models are asked for their recorded commit instead (see :func:`hub_revision`)."""
+    from atlascli.models import local_revision
+
+    known = local_revision(name) if recorded else None
+    if known is not None:
+        _same(name, known, recorded, made)
+
+
 def pinned_models(alignment: Any, atlas: Any, device: str = "cpu",
                   trust_remote_code: bool = False) -> dict[str, LoadedModel]:
-    """The subject of ``alignment`` and the foundation of ``atlas``, each at the revision recorded for it."""
+    """The subject of ``alignment`` and the foundation of ``atlas``, each at the revision recorded for it
+    (``trust_remote_code`` is the user's consent for this command: it applies to both)."""
     p, ap = alignment.provenance, atlas.artifact.provenance
     return {"subject": load_pinned(str(p["subject"]), p.get("revision"), f"alignment {alignment.id}", device,
                                    trust_remote_code=trust_remote_code),
-            "foundation": load_pinned(str(ap["foundation"]), ap.get("revision"), f"atlas {atlas.id}", device)}
+            "foundation": load_pinned(str(ap["foundation"]), ap.get("revision"), f"atlas {atlas.id}", device,
+                                      trust_remote_code=trust_remote_code)}
 
 
 def extract_pinned(cfg: ExtractConfig, recorded: str | None, made: str, registry: Any,
@@ -60,11 +90,7 @@ def extract_pinned(cfg: ExtractConfig, recorded: str | None, made: str, registry
     alignment was not fitted on are never computed or mixed in."""
     from dataclasses import replace
 
-    from atlascli.models import local_revision
-
-    known = local_revision(cfg.model) if recorded else None  # zoo / local: from cached file hashes, no loading
-    if known is not None:
-        _same(cfg.model, known, recorded, made)
+    check_unchanged(cfg.model, recorded, made)
     art = extract(replace(cfg, revision=hub_revision(cfg.model, recorded)), registry, progress)
     _same(cfg.model, art.provenance.get("revision"), recorded, made)
     return art

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from atlascli.errors import InputError
-from atlascli.pinned import hub_revision
+from atlascli.pinned import hub_revision, one_revision
 from atlascli.plan import (
     EFFICIENCY,
     GENERATION_EFFICIENCY,
@@ -52,6 +52,8 @@ def plan_build(cfg: AtlasBuildConfig, registry: Registry | None = None) -> Plan:
     for art in reversed(registry.find("atlas", name=cfg.name, foundation=cfg.foundation, layer=cfg.layer, site=cfg.site,
                                       width=cfg.width, dataset_fingerprint=fp)):
         stored = {"dtype": "float32", **(art.meta.get("config") or {})}
+        if cfg.revision is not None and art.provenance.get("revision") != cfg.revision:
+            continue  # another revision asked for (a branch or tag is not resolved here: planned as a build)
         if _settings(stored) == _settings(asdict(cfg)) and art.provenance.get("labels_version") == labels_version:
             return Plan("atlas build", [Step("reuse", f"reuse {art.id} (same foundation, data and settings)",
                                              artifact=art.id, model=cfg.foundation, layers=[cfg.layer])],
@@ -107,7 +109,7 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
     arts = [a for t in table.values() for a in t.values()]
     layers = sorted(next(iter(table.values())))
     p0 = arts[0].provenance
-    info = probe_model(subject, hub_revision(subject, p0.get("revision")), cfg.trust_remote_code)
+    info = probe_model(subject, hub_revision(subject, one_revision(arts)), cfg.trust_remote_code)
     check_layers(info, layers, p0["site"])
     weights = atlas.artifact  # a relabelled atlas shares its SAE (and so its alignments) with the original
     if atlas.weights_id != atlas.id and registry.exists(atlas.weights_id, "atlas"):
@@ -125,7 +127,7 @@ def plan_evaluate(cfg: EvaluateConfig, registry: Registry | None = None) -> Plan
                              f"({p.get('atlas_version')}, the atlas is {weights.manifest.get('created')})",
                              f"refit: atlas fit --atlas {atlas.id} --layers {p['layer']} --method {p['method']}")
     ap = atlas.artifact.provenance
-    foundation = probe_model(ap["foundation"], hub_revision(ap["foundation"], ap.get("revision")))
+    foundation = probe_model(ap["foundation"], hub_revision(ap["foundation"], ap.get("revision")), cfg.trust_remote_code)
     check_layers(foundation, (int(ap["layer"]),), ap["site"])
     dataset = registry.get(p0["dataset"], "dataset")
     steps: list[Step] = []

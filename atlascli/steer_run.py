@@ -169,7 +169,7 @@ def check_steer(cfg: SteerConfig, atlas: Any, registry: Registry) -> tuple[str, 
 def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: Any,
               registry: Registry | None = None, lm: Any | None = None, concept_name: str | None = None) -> SteerOutcome:
     """Generate unsteered and steered continuations of ``prompts`` along ``query``."""
-    from atlascli.pinned import check_fitted_on, load_pinned
+    from atlascli.pinned import check_fitted_on, load_pinned, one_revision
     from atlascli.steering import (
         GenerationConfig,
         absolute_lambdas,
@@ -192,9 +192,11 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
 
             paper = builtin_lambda(concept_name, atlas)
         lams, lam_source = ([paper], "paper Table 6") if paper is not None else ([DEFAULT_LAMBDA], "default")
-    if lm is None:  # the subject at the revision its newest alignment here was fitted on
-        newest = steering_alignments(registry, atlas, subject, cfg.method, site)[2][-1]
-        lm = load_pinned(subject, newest.provenance.get("revision"), f"alignment {newest.id}", cfg.device, cfg.dtype,
+    if lm is None:  # the subject at the revision the alignments it will steer were fitted on
+        found = steering_alignments(registry, atlas, subject, cfg.method, site)[2]
+        newest = {int(a.provenance["layer"]): a for a in found}  # (what concept_vectors takes per layer)
+        steered = [newest[layer] for layer in cfg.layers if layer in newest] or [found[-1]]
+        lm = load_pinned(subject, one_revision(steered), f"alignment {steered[-1].id}", cfg.device, cfg.dtype,
                          cfg.trust_remote_code)
     n_layers = int(lm.n_layers)
     layers = list(cfg.layers) or default_layers(fitted, n_layers, site)

@@ -42,8 +42,8 @@ def test_hub_models_are_asked_at_their_recorded_commit(tiny_models, monkeypatch)
 
     monkeypatch.setattr(hub, "snapshot_model", snapshot)
     commit = "0123456789abcdef0123456789abcdef01234567"
-    lm = load_pinned("org/tiny", commit, "alignment A")
-    assert asked == [("org/tiny", commit)] and lm.revision == commit
+    load_pinned("org/tiny", commit, "alignment A")
+    assert asked == [("org/tiny", commit)]
     # a Hub that answers with another commit (e.g. the recorded one was deleted): refused, not silently used
     monkeypatch.setattr(hub, "snapshot_model", lambda repo_id, revision=None: (Path(tiny_models["llama"]),
                                                                                  "main-commit"))
@@ -129,8 +129,8 @@ def test_extractions_for_an_alignment_use_its_weights(tiny_models, tiny_dataset,
 
 
 def test_commands_refuse_a_subject_changed_since_its_fit(tiny_models, tiny_dataset, tmp_path, capsys):
-    """The user's path: fit a local subject, change its folder, then read / steer / search with examples: one clear
-    line naming the refit, never a translation applied to other weights."""
+    """The user's path: fit a local subject, change its folder, then read / steer / search: one clear line naming
+    the refit, never a translation applied to other weights (search: before its test activations are extracted)."""
     from atlascli.atlas import AtlasBuildConfig, build_atlas
     from atlascli.fit import FitConfig, fit
 
@@ -144,7 +144,46 @@ def test_commands_refuse_a_subject_changed_since_its_fit(tiny_models, tiny_datas
     assert main(read) == 0 and main(steer) == 0
     capsys.readouterr()
     (subject / "generation_config.json").write_text(json.dumps({"do_sample": True}))
-    for args in (read, steer):
+    search = ["search", "--features", "3", "--json"]
+    for args in (read, steer, search):
         assert main(args) == 2
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and "is now at revision local-" in err[0] and "atlas fit" in err[0], (args, err)
+
+
+def test_alignments_of_two_revisions_are_not_used_together(tiny_models, tmp_path):
+    from atlascli.pinned import check_unchanged, one_revision
+
+    def align(i, rev):
+        return SimpleNamespace(id=f"align-{i}", provenance={"revision": rev, "layer": i, "subject": "org/m"})
+
+    assert one_revision([align(1, "c1"), align(2, "c1"), align(3, None)]) == "c1"
+    assert one_revision([align(3, None)]) is None
+    with pytest.raises(InputError, match="alignment align-2 .layer 2. was fitted on org/m revision c2, alignment "
+                                         "align-1 on c1") as exc:
+        one_revision([align(1, "c1"), align(2, "c2")])
+    assert "--layers 2" in exc.value.hint
+    folder = shutil.copytree(tiny_models["gpt2"], tmp_path / "f")
+    rev = load_model(str(folder)).revision
+    check_unchanged(str(folder), rev, "atlas A")
+    check_unchanged("org/not-local", "c1", "atlas A")  # a Hub model: asked for its commit instead, nothing to hash
+    (folder / "extra.json").write_text("{}")
+    with pytest.raises(InputError, match="but atlas A was made from"):
+        check_unchanged(str(folder), rev, "atlas A")
+
+
+def test_fit_refuses_an_atlas_whose_foundation_changed_before_extracting(tiny_models, tiny_dataset, tmp_path):
+    from atlascli.atlas import AtlasBuildConfig, build_atlas
+    from atlascli.fit import FitConfig, fit
+    from atlascli.registry import Registry
+
+    foundation = shutil.copytree(tiny_models["gpt2"], tmp_path / "foundation")
+    art = build_atlas(AtlasBuildConfig(name="tiny", foundation=str(foundation), layer=1, width=64, k=4,
+                                       dataset="tiny", train_sentences=150, max_tokens=4000, epochs=2,
+                                       batch_size=256, lr=3e-3, label_sentences=100, top_samples=5))
+    (foundation / "extra.json").write_text("{}")
+    before = {a.id for a in Registry().list("activations")}
+    with pytest.raises(InputError, match=f"but atlas {art.id} was made from"):
+        fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=art.id, dataset="tiny",
+                      limit=150))
+    assert {a.id for a in Registry().list("activations")} == before  # refused before any extraction

@@ -117,6 +117,8 @@ def test_plan_build_reuses_an_identical_atlas_and_fit_reuses_its_extractions(ali
     manifest.write_text(json.dumps(data))
     build = plan_build(AtlasBuildConfig(**{**TINY_BUILD, "foundation": str(tiny_models["gpt2"])}))
     assert build.reused == [atlas.id] and build.work == []
+    other = plan_build(AtlasBuildConfig(**{**TINY_BUILD, "foundation": str(tiny_models["gpt2"]), "revision": "v2"}))
+    assert other.reused == [] and other.work  # another revision asked for: not this atlas
     plan = plan_fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=atlas.id,
                               dataset="tiny", limit=150, methods="procrustes,cov"))
     # every alignment asked for is already there: the plan says so and has no work left (a rerun)

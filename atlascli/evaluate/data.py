@@ -16,7 +16,7 @@ from atlascli.atlas.build import atlas_dtype
 from atlascli.corpus import load_split
 from atlascli.errors import InputError
 from atlascli.extract import Activations, ExtractConfig, find_covering
-from atlascli.pinned import extract_pinned
+from atlascli.pinned import extract_pinned, one_revision
 from atlascli.registry import Artifact, Registry
 
 ExtractProgress = Callable[[int, int, int], None]
@@ -105,6 +105,7 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
     if not alignments:
         raise InputError("no alignments to evaluate", "fit some with `atlas fit --layers ... --method all`")
     p0 = alignments[0].provenance
+    revision = one_revision(alignments)  # one subject model: alignments fitted on other weights cannot share it
     dataset = registry.get(p0["dataset"], "dataset")
     n = min(limit, int(dataset.provenance["n_test"]))
     if n <= 0:
@@ -115,7 +116,7 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
     subject: dict[int, Activations] = {}
     missing = []
     for layer in layers:
-        art = find_covering(registry, p0["subject"], fp, "test", layer, n, site=p0["site"], revision=p0["revision"])
+        art = find_covering(registry, p0["subject"], fp, "test", layer, n, site=p0["site"], revision=revision)
         if art is None:
             missing.append(layer)
         else:
@@ -124,7 +125,7 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
         art = extract_pinned(ExtractConfig(model=p0["subject"], layers=tuple(missing), site=p0["site"],
                                            dataset=dataset.id, split="test", limit=n, device=device, dtype=dtype,
                                            trust_remote_code=trust_remote_code),
-                             p0.get("revision"), f"alignment {alignments[0].id}", registry,
+                             revision, f"alignment {alignments[0].id}", registry,
                              progress("subject test activations") if progress else None)
         subject.update({layer: Activations(art) for layer in missing})
     ap = atlas.artifact.provenance
@@ -133,7 +134,7 @@ def load_test_data(alignments: list[Artifact], atlas: Atlas, limit: int, registr
     if codes is None:
         codes = extract_pinned(ExtractConfig(model=ap["foundation"], layers=(a_layer,), site=ap["site"],
                                              dataset=dataset.id, split="test", sae=atlas.weights_id, limit=n,
-                                             device=device, dtype=atlas_dtype(ap)),
+                                             device=device, dtype=atlas_dtype(ap), trust_remote_code=trust_remote_code),
                                ap.get("revision"), f"atlas {atlas.id}", registry,
                                progress("atlas test codes") if progress else None)
     return TestData(n, subject, Activations(codes), a_layer, fp)

@@ -77,7 +77,8 @@ def evaluate_subjects(cfg: EvaluateConfig, subjects: list[str], registry: Regist
     for subject, rep in reports.items():
         for kind, by_layer in _cells(rep).items():
             multi.table.setdefault(kind, {})[subject] = by_layer
-    key = sha256_json({"config": asdict(cfg), "subjects": subjects, "reports": [r.artifact for r in reports.values()]})
+    config = {k: v for k, v in asdict(cfg).items() if k != "trust_remote_code"}  # changes no number: ids stay
+    key = sha256_json({"config": config, "subjects": subjects, "reports": [r.artifact for r in reports.values()]})
     art_id = f"report-table7-{slug('-'.join(subjects))[:60]}-{key[:10]}"
     if registry.exists(art_id, "report"):
         registry.remove(art_id)

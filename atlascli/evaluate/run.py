@@ -254,7 +254,8 @@ def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Pr
 
 def store_report(report: Report, registry: Registry, parents: list[Artifact]) -> Report:
     """Write ``report.json`` as a ``report`` artifact (parents: the alignments and the atlas)."""
-    key = sha256_json({"config": report.config, "alignments": report.alignments, "data": report.data})
+    config = {k: v for k, v in report.config.items() if k != "trust_remote_code"}  # changes no number: ids stay
+    key = sha256_json({"config": config, "alignments": report.alignments, "data": report.data})
     art_id = f"report-{slug(report.subject)}-{'-'.join(report.config['kinds'])}-{key[:10]}"
     if registry.exists(art_id, "report"):
         registry.remove(art_id)
