@@ -220,16 +220,23 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str]) -> str | None:
             f"concepts ({related}); an atlas with such a feature (a wider or imported one) will be more specific")
 
 
-def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> torch.Tensor:
-    """Max-pooled atlas codes [n, width] of sentences (foundation model + the atlas SAE)."""
-    from atlascli.extract import ExtractConfig, extract_shard
+def foundation_of(atlas: Atlas, trust_remote_code: bool = False) -> Any:
+    """The atlas's foundation model at the weights its SAE was trained on."""
     from atlascli.pinned import load_pinned
+
+    p = atlas.artifact.provenance
+    return load_pinned(p["foundation"], p.get("revision"), f"atlas {atlas.id}", trust_remote_code=trust_remote_code)
+
+
+def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> torch.Tensor:
+    """Max-pooled atlas codes [n, width] of sentences (foundation model ``lm``, loaded when None, + the atlas SAE)."""
+    from atlascli.extract import ExtractConfig, extract_shard
     from atlascli.saes import load_atlas_sae
 
     p = atlas.artifact.provenance
     if not sentences:
         raise InputError("no example sentences", "give a file with one sentence per line")
-    lm = lm or load_pinned(p["foundation"], p.get("revision"), f"atlas {atlas.id}")  # the SAE's foundation weights
+    lm = lm or foundation_of(atlas)
     sae = load_atlas_sae(atlas.artifact, str(lm.device))  # checked against the manifest (cached)
     cfg = ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"], sae=atlas.id)
     out = extract_shard(lm, sentences, cfg, sae)
@@ -241,8 +248,12 @@ def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> to
 
 
 def query_from_examples(examples: list[str], atlas: Atlas, contrast: list[str] | None = None,
-                        top_features: int = 0, lm: Any | None = None) -> ConceptQuery:
-    """Mean atlas code of example sentences, minus the mean of contrast sentences when given."""
+                        top_features: int = 0, lm: Any | None = None, trust_remote_code: bool = False) -> ConceptQuery:
+    """Mean atlas code of example sentences, minus the mean of contrast sentences when given (the foundation is
+    loaded once, when ``lm`` is None)."""
+    if not examples:
+        raise InputError("no example sentences", "give a file with one sentence per line")
+    lm = lm or foundation_of(atlas, trust_remote_code)
     q = atlas_codes(examples, atlas, lm).mean(0)
     if contrast:
         q = q - atlas_codes(contrast, atlas, lm).mean(0)

@@ -21,7 +21,8 @@ def _lines(path: Path) -> list[str]:
 
 
 def build_query(atlas, text, features, examples, contrast, top_features, threshold,  # type: ignore[no-untyped-def]
-                route="auto", include_incoherent=False, text_name="QUERY", example='atlas search "dogs"'):
+                route="auto", include_incoherent=False, text_name="QUERY", example='atlas search "dogs"',
+                trust_remote_code=False):
     """One concept query from whichever of the options was given (``text_name``/``example``: how the calling
     command spells the text option, for the error)."""
     from atlascli.concepts import load_concept
@@ -33,7 +34,8 @@ def build_query(atlas, text, features, examples, contrast, top_features, thresho
     if features is not None:
         return query_from_features(features, atlas)
     if examples is not None:
-        return query_from_examples(_lines(examples), atlas, _lines(contrast) if contrast else None)
+        return query_from_examples(_lines(examples), atlas, _lines(contrast) if contrast else None,
+                                   trust_remote_code=trust_remote_code)
     named = load_concept(text, atlas)
     if named is not None:
         return named
@@ -97,7 +99,8 @@ def search_cmd(
     resolve_device(device)  # before the query is embedded or anything extracted
     reg = Registry()
     at = resolve_atlas(atlas, reg)
-    q = build_query(at, query, features, examples, contrast, top_features, threshold, route, include_incoherent)
+    q = build_query(at, query, features, examples, contrast, top_features, threshold, route, include_incoherent,
+                    trust_remote_code=trust_remote_code)
     al = resolve_alignment(reg, alignment, subject, layer, method, at, site)
     res = run_search(q, al, top, examples_per_feature, test_limit, reg, aligned, aligned_metric, device,
                      trust_remote_code)
