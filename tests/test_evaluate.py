@@ -413,3 +413,42 @@ def test_evaluate_subjects_assembles_table7(aligned, tiny_models, capsys, tmp_pa
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "quality: AUROC / AP, 2 subjects" in out.out and "L1" in out.out and "L2" in out.out
+
+
+def test_evaluate_steering_in_the_norm_unit_of_atlas_steer(aligned, capsys, tmp_path, monkeypatch):
+    """--unit norm: the added vector at each layer is lambda / NORM_REFERENCE[site] of that layer's median token norm,
+    as `atlas steer` adds it, for the concept and for its random directions alike."""
+    atlas, _ = aligned
+    _save_concepts(atlas)
+    import importlib
+
+    import atlascli.evaluate.faithfulness as fa
+    from atlascli.steering import norm_reference
+
+    sr = importlib.import_module("atlascli.steering")  # (the package exports the API's steering() under that name)
+
+    added: list[tuple[int, float]] = []
+    real_steering, real_norms = fa.steering, sr.site_norms
+    norms: dict[int, float] = {}
+
+    def spy(model: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: dict[int, float]) -> Any:
+        added.extend((layer, float(lambdas[layer] * v.norm())) for layer, v in vectors.items())
+        return real_steering(model, site, vectors, lambdas)
+
+    def spy_norms(*args: Any, **kwargs: Any) -> dict[int, float]:
+        norms.update(real_norms(*args, **kwargs))
+        return norms
+
+    monkeypatch.setattr(fa, "steering", spy)
+    monkeypatch.setattr(sr, "site_norms", spy_norms)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The dog\n")
+    args = ["evaluate", "steering", "--concepts", "dogs", "--prompts", str(prompts), "--lambdas", "0,30",
+            "--max-new-tokens", "2", "--methods", "procrustes", "--random-draws", "1", "--unit", "norm", "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["steering"]["unit"] == "norm"
+    assert len(added) == 2 and set(norms) == {2}  # the concept and one random direction, layer 2
+    for layer, size in added:
+        assert size == pytest.approx(30 / norm_reference("mlp") * norms[layer], rel=1e-5)
+    assert main([*args[:-3], "--unit", "percent", "--json"]) == 2
+    assert "unknown lambda unit 'percent'" in capsys.readouterr().err

@@ -58,7 +58,8 @@ def evaluate_cmd(
     concepts: str | None = typer.Option(None, help="Steering concepts, ';'-separated names or text queries."),
     prompts: Path | None = typer.Option(None, help="Seed prompts file (default: the paper's 16)."),
     lambdas: str = typer.Option("-50,-10,-1,0,1,10,50", help="Steering factors."),
-    relative: bool = typer.Option(False, "--relative-lambda", help="Lambda x each layer's median token norm."),
+    unit: str = typer.Option("absolute", help="Unit of the steering factors: absolute (the paper's lambda * s) or "
+                                              "norm (`atlas steer`'s: a share of each layer's median token norm)."),
     combined: bool = typer.Option(True, "--combined/--no-combined", help="Also steer all layers together."),
     max_new_tokens: int = typer.Option(100, help="Tokens per generation."),
     judge: str = typer.Option("embedding", help="embedding[:EMBEDDER] | openai:MODEL."),
@@ -89,7 +90,7 @@ def evaluate_cmd(
                          concept_construction=concept_construction,
                          concept_sets=str(concept_sets) if concept_sets else None, random_draws=random_draws, chat=chat,
                          concepts=tuple(c.strip() for c in concepts.split(";") if c.strip()) if concepts else None,
-                         prompts=plist, lambdas=lams, relative_lambda=relative, combined=combined,
+                         prompts=plist, lambdas=lams, unit=unit, combined=combined,
                          max_new_tokens=max_new_tokens, judge=judge, judge_url=judge_url, judge_fpr=judge_fpr,
                          judge_retries=judge_retries, judge_backoff=judge_backoff, judge_timeout=judge_timeout, device=device,
                          trust_remote_code=trust_remote_code)

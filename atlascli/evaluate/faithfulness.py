@@ -18,7 +18,7 @@ from atlascli.judges import Judge
 from atlascli.metrics import best_lambda, concept_rate, faithfulness
 from atlascli.registry import Artifact
 from atlascli.search import ConceptQuery, subject_similarity
-from atlascli.steering import GenerationConfig, generate, steering
+from atlascli.steering import GenerationConfig, absolute_lambdas, generate, steering
 
 SEED_PROMPTS = ["Once upon a time", "I just started", "The candidate", "Section 1", "Documents", "The capital of",
                 "Let me tell you a joke", " ", "French cuisine", "do_sample=False", "Would you like to know",
@@ -106,7 +106,10 @@ class SteeringEval:
     foundation: Any
     """Loaded foundation model (for Delta a)."""
     norms: dict[int, float] | None = None
-    """When set, lambda multiplies each layer's median token norm (relative lambdas)."""
+    """Each layer's median token norm on the prompts (needed by the ``norm`` unit)."""
+    unit: str = "absolute"
+    """Unit of the lambdas (:data:`atlascli.steering.LAMBDA_UNITS`): the paper's ``absolute`` or `atlas steer`'s
+    ``norm``."""
     progress: Progress | None = None
     """(stage, done, total) callback."""
     _base: dict[str, tuple[list[str], list[int | None], np.ndarray]] = field(default_factory=dict)
@@ -140,7 +143,7 @@ class SteeringEval:
             rates = {0.0: base_rate}
             texts_by_lam: dict[float, list[str]] = {0.0: base_texts}
             for lam in lams:
-                per_layer = {layer: lam * (self.norms[layer] if self.norms else 1.0) for layer in vecs}
+                per_layer = absolute_lambdas(vecs, lam, self.unit, self.norms, self.site)
                 with steering(self.lm.model, self.site, vecs, per_layer):
                     texts = generate(self.lm, self.prompts, self.gen)
                 texts_by_lam[lam] = texts

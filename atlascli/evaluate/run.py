@@ -64,8 +64,9 @@ class EvaluateConfig:
     """Seed prompts (default: the paper's 16)."""
     lambdas: tuple[float, ...] = (-50.0, -10.0, -1.0, 0.0, 1.0, 10.0, 50.0)
     """Steering factors."""
-    relative_lambda: bool = False
-    """Multiply lambda by each layer's median token norm at the site."""
+    unit: str = "absolute"
+    """Unit of the steering factors: ``absolute`` (the paper's lambda * s_c, its protocol) or ``norm`` (the unit of
+    `atlas steer`: along the unit direction of s_c, a share of each layer's median token norm)."""
     combined: bool = True
     """Also steer all layers together (the paper's 'Combined' column)."""
     max_new_tokens: int = 100
@@ -91,7 +92,9 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         from atlascli.evaluate.retrieval import CONSTRUCTIONS
+        from atlascli.steering import check_unit
 
+        check_unit(self.unit)
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise InputError(f"unknown evaluation {bad or 'none'}", f"use {', '.join(KINDS)} or all")

@@ -127,10 +127,10 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
     check_fitted_on(models["subject"], [a for by_layer in table.values() for a in by_layer.values()])
     lm, foundation = models["subject"], models["foundation"]
     chat, fmt = prompt_format(lm.tokenizer, cfg.chat)
-    norms = site_norms(lm, first["site"], layers, prompts, chat) if cfg.relative_lambda else None
+    norms = site_norms(lm, first["site"], layers, prompts, chat) if cfg.unit == "norm" else None
     ev = SteeringEval(lm, first["site"], concepts, prompts, [*cfg.lambdas, 0.0],
                       GenerationConfig(max_new_tokens=cfg.max_new_tokens, sample=cfg.sample, seed=cfg.seed, chat=chat),
-                      judge, atlas, foundation, norms, progress)
+                      judge, atlas, foundation, norms, unit=cfg.unit, progress=progress)
     columns: dict[str, list[int]] = {str(layer): [layer] for layer in layers}
     if cfg.combined and len(layers) > 1:
         columns["combined"] = layers
@@ -156,6 +156,6 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
                                                                "failures": failures[:20]},
             "concepts": {n: {"features": q.features, "weights": q.weights, "source": q.source} for n, q in concepts.items()},
             "prompts": prompts, "prompt_format": fmt, "chat_template": chat, "random_draws": cfg.random_draws,
-            "lambdas": sorted(set(ev.lambdas)), "relative_lambda": cfg.relative_lambda,
+            "lambdas": sorted(set(ev.lambdas)), "unit": cfg.unit,
             "site_norms": {str(k): v for k, v in (norms or {}).items()},
             "unsteered": {name: ev.unsteered(name)[0] for name in concepts}, "examples": examples}
