@@ -298,6 +298,12 @@ def test_publish_pull_then_search_with_real_alignment(hub, imported_aligned, tmp
     assert {"atlas", "alignment", "dataset"} <= kinds
     card = hub.files("me/llama-atlas")["README.md"].decode()
     assert "library_name: atlascli" in card and "base_model" not in card  # a local path is not a Hub id
+    assert hub.repos["me/llama-atlas"]["private"] is False  # a publication is public unless --private
+    fit_id = fits[0].id
+    assert run(capsys, "registry", "push", fit_id, "--repo", "me/one-fit")[0] == 0  # one artifact: private by default
+    assert run(capsys, "registry", "push", fit_id, "--repo", "me/shared-fit", "--public")[0] == 0
+    assert hub.repos["me/one-fit"]["private"] is True and hub.repos["me/shared-fit"]["private"] is False
+    capsys.readouterr()
     monkeypatch.setenv("ATLAS_HOME", str(tmp_path / "empty-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # for the models; the hub client was patched online
     code, out, err = run(capsys, "pull", "me/llama-atlas", "--json")

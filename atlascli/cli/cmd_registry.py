@@ -107,13 +107,14 @@ def rm(ref: str = typer.Argument(..., help="Artifact id (exact, even if unreadab
 
 @app.command("push")
 def push(ref: str, repo: str = typer.Option(..., help="Hub repo id, e.g. you/atlas-artifacts."),
-         public: bool = typer.Option(False, help="Create the repo public."),
+         private: bool = typer.Option(True, "--private/--public",
+                                      help="Create a new repo private (the default for one artifact) or public."),
          json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Upload an artifact to the Hugging Face Hub (verified first)."""
     from atlascli.registry import Registry
     from atlascli.registry.hub import push_artifact
 
-    url = push_artifact(Registry().get(ref), repo, private=not public)
+    url = push_artifact(Registry().get(ref), repo, private=private)
     emit_json({"url": url}) if json_out else console.print(f"pushed to {url}")
 
 
