@@ -207,6 +207,7 @@ def concept_add(
     top_features: int = typer.Option(5, min=1, help="Features kept for text queries (labels route)."),
     threshold: float | None = typer.Option(None, min=-1.0, max=1.0,
                                            help="Minimum similarity of the text to labels (0.25) / examples (0.2)."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP + " (the foundation, for --examples)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Save a concept query under a name."""
@@ -216,7 +217,7 @@ def concept_add(
 
     at = resolve_atlas(atlas)
     q = build_query(at, query, features, examples, contrast, top_features, threshold, text_name="--query",
-                    example=f'atlas concept add {name} --query "dogs and cats"')
+                    example=f'atlas concept add {name} --query "dogs and cats"', trust_remote_code=trust_remote_code)
     art = save_concept(name, q, at)
     if json_out:
         emit_json({"id": art.id, "name": name, "features": q.features, "weights": q.weights})
