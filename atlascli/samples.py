@@ -53,19 +53,31 @@ def varying(sd: torch.Tensor) -> torch.Tensor:
 
 
 def activation_moments(acts: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """Mean and standard deviation (float64, population) of the activations at ``layer``, and the row count."""
-    total: torch.Tensor | None = None
-    squares: torch.Tensor | None = None
+    """Mean and standard deviation (float64, population) of the activations at ``layer``, and the row count.
+
+    Shards are combined with Chan et al.'s pairwise update of (mean, sum of squared deviations), not as
+    E[x^2] - E[x]^2: that difference cancels for a unit that is (nearly) constant at a large value, leaving a spread of
+    rounding noise that can lift a dead unit over :data:`SD_FLOOR` and into the standardised ranking."""
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
     count = 0
     for shard in acts.shards(layer):
         x = shard.dense.double()
-        total = x.sum(0) if total is None else total + x.sum(0)
-        squares = (x * x).sum(0) if squares is None else squares + (x * x).sum(0)
-        count += x.shape[0]
-    if total is None or squares is None or count == 0:
+        n = x.shape[0]
+        if n == 0:
+            continue
+        mb = x.mean(0)
+        m2b = (x - mb).square().sum(0)
+        if mean is None or m2 is None:
+            mean, m2, count = mb, m2b, n
+            continue
+        delta, total = mb - mean, count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + m2b + delta.square() * (count * n / total)
+        count = total
+    if mean is None or m2 is None or count == 0:
         return None
-    mean = total / count
-    return mean, (squares / count - mean * mean).clamp_min(0).sqrt(), count
+    return mean, (m2 / count).sqrt(), count
 
 
 def alignment_scores(x: torch.Tensor, s: torch.Tensor, mean: torch.Tensor, sd: torch.Tensor | None) -> torch.Tensor:

@@ -145,3 +145,15 @@ def test_a_direction_without_support_aligns_no_sentence():
     sentences = [str(i) for i in range(20)]
     assert aligned_sentences(_Acts(x), 0, s, sentences) == []
     assert aligned_sentences(_Acts(x), 0, torch.zeros(4), sentences, metric="centred") == []
+
+
+def test_moments_of_a_constant_unit_at_a_large_value_are_exact():
+    """A dead unit sitting at a large constant has no spread: E[x^2] - E[x]^2 would leave rounding noise there (enough
+    to count it as live next to small spreads); the pairwise update across shards leaves none."""
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.full((1000, 1), 3301.37), rng.normal(scale=1e-3, size=(1000, 2))], axis=1)
+    mean, sd, n = activation_moments(_Acts(x, size=7), 0)
+    x32 = x.astype(np.float32).astype(np.float64)
+    assert n == 1000 and float(sd[0]) < 1e-9 * float(sd[1:].max())  # far under SD_FLOOR: dead
+    np.testing.assert_allclose(sd[1:].numpy(), x32[:, 1:].std(0), rtol=1e-9)
+    np.testing.assert_allclose(mean.numpy(), x32.mean(0), rtol=1e-12)
