@@ -16,7 +16,7 @@ from atlascli.errors import InputError, NotFoundError
 from atlascli.extract import Activations, ExtractConfig, extract, stored_prefix
 from atlascli.fit_health import Health, HoldoutHealth, health_meta
 from atlascli.models import DEFAULTS
-from atlascli.pinned import check_unchanged, hub_revision
+from atlascli.pinned import check_revision, check_unchanged, hub_revision
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import sha256_json
 from atlascli.translate import MultiFitter, parse_methods
@@ -148,10 +148,8 @@ def resolve_atlas_activations(cfg: FitConfig, registry: Registry,
         art = registry.get(weights, "atlas")
     check_unchanged(p["foundation"], p.get("revision"), f"atlas {art.id}")  # before extracting anything
     codes = open_extraction(cfg.codes_extraction(art), registry, progress)
-    now = codes.artifact.provenance.get("revision")
-    if p.get("revision") and now != p["revision"]:  # the SAE belongs to the foundation's weights it was trained on
-        raise InputError(f"foundation {p['foundation']} is now at revision {str(now)[:28]}, but atlas {art.id} was "
-                         f"trained on {p['revision'][:28]}", "restore those weights, or build a new atlas on these")
+    # the SAE belongs to the foundation's weights it was trained on
+    check_revision(p["foundation"], codes.artifact.provenance.get("revision"), p.get("revision"), f"atlas {art.id}")
     return (codes, int(p["layer"]),
             {"atlas": art.id, "atlas_version": art.manifest["created"], "atlas_kind": "sae"})
 

@@ -260,17 +260,16 @@ def _from_pretrained(name: str, folder: Path, dt: torch.dtype, trust_remote_code
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, trust_remote_code=trust_remote_code,
                                                      **mapped)
     except ValueError as exc:
-        refused = None if trust_remote_code else remote_code_refused(name, exc)
-        if refused is None:
-            raise
-        raise refused from None
+        if (refused := remote_code_refused(name, exc, trust_remote_code)) is not None:
+            raise refused from None
+        raise
     return model, tok
 
 
-def remote_code_refused(name: str, exc: Exception) -> InputError | None:
+def remote_code_refused(name: str, exc: Exception, trust_remote_code: bool) -> InputError | None:
     """The clear error for a model that needs its own code when running it was not allowed (transformers says so with
-    a ValueError naming ``trust_remote_code``); None for any other error."""
-    if "trust_remote_code" not in str(exc):
+    a ValueError naming ``trust_remote_code``); None when it was allowed, or for any other error."""
+    if trust_remote_code or "trust_remote_code" not in str(exc):
         return None
     return InputError(f"{name} needs its own model code to load (custom code in the model's repository)",
                       "read that code, then pass --trust-remote-code if you trust its authors")

@@ -3,12 +3,13 @@ against its recorded content hash, so an alignment is never applied to weights i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from atlascli.errors import InputError
 from atlascli.extract import ExtractConfig, extract
-from atlascli.models import ZOO, LoadedModel, load_model
+from atlascli.models import ZOO, LoadedModel, load_model, local_revision
 
 LOCAL_REVISIONS = ("gguf-sha256:", "local-")
 """Prefixes of the revisions atlas computes itself (a .gguf file's hash, a model folder's content hash): they name
@@ -29,8 +30,15 @@ def load_pinned(name: str, revision: str | None, made: str, device: str = "cpu",
     changed since (a refit is needed: the translation belongs to the old weights). No revision recorded (an
     imported atlas): the model as it is now."""
     lm = load_model(name, device, dtype, hub_revision(name, revision), trust_remote_code)
-    _same(name, lm.revision, revision, made)
+    check_revision(name, lm.revision, revision, made)
     return lm
+
+
+def load_foundation(atlas: Any, device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
+    """The foundation model of ``atlas`` (an :class:`atlascli.atlas.Atlas`) at the weights its SAE was trained on."""
+    p = atlas.artifact.provenance
+    return load_pinned(str(p["foundation"]), p.get("revision"), f"atlas {atlas.id}", device,
+                       trust_remote_code=trust_remote_code)
 
 
 def check_fitted_on(lm: LoadedModel, alignments: list[Any]) -> None:
@@ -65,22 +73,19 @@ def one_revision(alignments: list[Any]) -> str | None:
 def check_unchanged(name: str, recorded: str | None, made: str) -> None:
     """Before any work: a zoo model, .gguf or local folder still hashes to ``recorded`` (cached file hashes, nothing
     loaded); Hub models are asked for their recorded commit instead (see :func:`hub_revision`)."""
-    from atlascli.models import local_revision
-
     known = local_revision(name) if recorded else None
     if known is not None:
-        _same(name, known, recorded, made)
+        check_revision(name, known, recorded, made)
 
 
 def pinned_models(alignment: Any, atlas: Any, device: str = "cpu",
                   trust_remote_code: bool = False) -> dict[str, LoadedModel]:
     """The subject of ``alignment`` and the foundation of ``atlas``, each at the revision recorded for it
     (``trust_remote_code`` is the user's consent for this command: it applies to both)."""
-    p, ap = alignment.provenance, atlas.artifact.provenance
+    p = alignment.provenance
     return {"subject": load_pinned(str(p["subject"]), p.get("revision"), f"alignment {alignment.id}", device,
                                    trust_remote_code=trust_remote_code),
-            "foundation": load_pinned(str(ap["foundation"]), ap.get("revision"), f"atlas {atlas.id}", device,
-                                      trust_remote_code=trust_remote_code)}
+            "foundation": load_foundation(atlas, device, trust_remote_code)}
 
 
 def extract_pinned(cfg: ExtractConfig, recorded: str | None, made: str, registry: Any,
@@ -88,15 +93,14 @@ def extract_pinned(cfg: ExtractConfig, recorded: str | None, made: str, registry
     """``extract(cfg)`` of a model as ``made`` recorded it at ``recorded``: a Hub model at that commit; a zoo model,
     .gguf or folder checked by content hash before any work (and every result after), so activations of weights an
     alignment was not fitted on are never computed or mixed in."""
-    from dataclasses import replace
-
     check_unchanged(cfg.model, recorded, made)
     art = extract(replace(cfg, revision=hub_revision(cfg.model, recorded)), registry, progress)
-    _same(cfg.model, art.provenance.get("revision"), recorded, made)
+    check_revision(cfg.model, art.provenance.get("revision"), recorded, made)
     return art
 
 
-def _same(name: str, now: str | None, recorded: str | None, made: str) -> None:
+def check_revision(name: str, now: str | None, recorded: str | None, made: str) -> None:
+    """``name`` found at revision ``now`` is the one ``made`` recorded (nothing recorded: anything goes)."""
     if recorded and now != recorded:
         raise InputError(f"{name} is now at revision {str(now)[:28]}, but {made} was made from {recorded[:28]}",
                          "restore the weights it was made from, or refit on the new ones with `atlas fit`")

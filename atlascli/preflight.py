@@ -185,7 +185,7 @@ def _hub_config(name: str, revision: str | None, trust_remote_code: bool) -> Any
     try:
         return AutoConfig.from_pretrained(str(Path(path).parent), trust_remote_code=trust_remote_code)
     except ValueError as exc:
-        if (refused := remote_code_refused(name, exc)) is not None and not trust_remote_code:
+        if (refused := remote_code_refused(name, exc, trust_remote_code)) is not None:
             raise refused from None
         raise
 
@@ -211,7 +211,7 @@ def probe_model(name: str, revision: str | None = None, trust_remote_code: bool 
         try:
             cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except Exception as exc:
-            if (refused := remote_code_refused(name, exc)) is not None and not trust_remote_code:
+            if (refused := remote_code_refused(name, exc, trust_remote_code)) is not None:
                 raise refused from None
             raise InputError(f"cannot read {path / 'config.json'} ({exc.__class__.__name__}: {exc})",
                              "is it a transformers causal LM folder?") from None

@@ -269,10 +269,10 @@ def read_text(cfg: ReadConfig, registry: Registry | None = None, lm: Any | None 
     arts = find_alignments(registry, list(cfg.layers) if cfg.layers else None, cfg.subject, cfg.method, cfg.atlas,
                            site=cfg.site)
     subject = str(arts[0].provenance["subject"])
-    from atlascli.pinned import check_fitted_on, load_pinned
+    from atlascli.pinned import check_fitted_on, load_pinned, one_revision
 
-    if lm is None:  # the weights the alignments were fitted on
-        lm = load_pinned(subject, arts[-1].provenance.get("revision"), f"alignment {arts[-1].id}", cfg.device,
+    if lm is None:  # the weights the alignments were fitted on (alignments of two revisions: refused before loading)
+        lm = load_pinned(subject, one_revision(arts), f"alignment {arts[-1].id}", cfg.device,
                          trust_remote_code=cfg.trust_remote_code)
     check_fitted_on(lm, arts)
     ctx = context_length(lm)

@@ -220,14 +220,6 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str]) -> str | None:
             f"concepts ({related}); an atlas with such a feature (a wider or imported one) will be more specific")
 
 
-def foundation_of(atlas: Atlas, trust_remote_code: bool = False) -> Any:
-    """The atlas's foundation model at the weights its SAE was trained on."""
-    from atlascli.pinned import load_pinned
-
-    p = atlas.artifact.provenance
-    return load_pinned(p["foundation"], p.get("revision"), f"atlas {atlas.id}", trust_remote_code=trust_remote_code)
-
-
 def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> torch.Tensor:
     """Max-pooled atlas codes [n, width] of sentences (foundation model ``lm``, loaded when None, + the atlas SAE)."""
     from atlascli.extract import ExtractConfig, extract_shard
@@ -236,7 +228,10 @@ def atlas_codes(sentences: list[str], atlas: Atlas, lm: Any | None = None) -> to
     p = atlas.artifact.provenance
     if not sentences:
         raise InputError("no example sentences", "give a file with one sentence per line")
-    lm = lm or foundation_of(atlas)
+    if lm is None:
+        from atlascli.pinned import load_foundation
+
+        lm = load_foundation(atlas)
     sae = load_atlas_sae(atlas.artifact, str(lm.device))  # checked against the manifest (cached)
     cfg = ExtractConfig(model=p["foundation"], layers=(int(p["layer"]),), site=p["site"], sae=atlas.id)
     out = extract_shard(lm, sentences, cfg, sae)
@@ -253,7 +248,10 @@ def query_from_examples(examples: list[str], atlas: Atlas, contrast: list[str] |
     loaded once, when ``lm`` is None)."""
     if not examples:
         raise InputError("no example sentences", "give a file with one sentence per line")
-    lm = lm or foundation_of(atlas, trust_remote_code)
+    if lm is None:
+        from atlascli.pinned import load_foundation
+
+        lm = load_foundation(atlas, trust_remote_code=trust_remote_code)
     q = atlas_codes(examples, atlas, lm).mean(0)
     if contrast:
         q = q - atlas_codes(contrast, atlas, lm).mean(0)

@@ -23,7 +23,7 @@ from atlascli.corpus import load_sources, load_split, resolve_dataset
 from atlascli.errors import InputError
 from atlascli.extract import ExtractConfig, _artifact_id, shard_name
 from atlascli.models import DEFAULTS, LoadedModel, check_layer, load_model, local_revision, model_card
-from atlascli.pinned import load_pinned
+from atlascli.pinned import load_foundation
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import atomic_save_tensors, atomic_write_json, load_tensors, read_json, sha256_json
 
@@ -213,8 +213,8 @@ def relabel_offline(atlas: Any, folder: Any, registry: Registry,
         raise InputError(f"atlas {atlas.id} has no labelling codes in the registry ({codes_id})",
                          "rebuild it with `atlas atlas build`")
     dataset = registry.get(p["dataset"], "dataset")
-    tok = load_pinned(p["foundation"], p.get("revision"), f"atlas {atlas.id}").tokenizer  # (a cached model loads in
-    # seconds; only its tokenizer is used: the token ids of the stored codes)
+    tok = load_foundation(atlas).tokenizer  # (a cached model loads in seconds; only its tokenizer is used: the token
+    # ids of the stored codes)
     cfg = meta.get("config", {})
     stats = label_and_store(folder, registry.get(codes_id, "activations"), int(p["layer"]), int(p["width"]),
                             load_split(dataset, "train"), load_sources(dataset, "train"),
