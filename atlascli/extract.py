@@ -15,6 +15,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,6 +81,33 @@ class ExtractConfig:
             raise InputError(f"limit must be at least 1, got {self.limit}", "omit --limit to use every sentence")
         if any(layer < 0 for layer in self.layers):
             raise InputError(f"layers must be non-negative, got {list(self.layers)}", "e.g. --layers 3,12")
+
+
+def default_site(sae: str | None, registry: Registry | None = None) -> str:
+    """The site ``atlas extract`` reads when none is given: with an SAE that is an atlas of the registry, the site
+    it was trained on; with another SAE (a sae-lens folder or release), its ``hook_name`` when the folder says it,
+    else ``resid`` (where most published SAEs read); without an SAE, ``mlp``, what ``atlas fit`` reads by default,
+    so that an extraction made first is the one the fit reuses."""
+    if not sae:
+        return "mlp"
+    from atlascli.errors import NotFoundError
+
+    try:
+        return str((registry or Registry()).get(sae, "atlas").provenance.get("site", "resid"))
+    except NotFoundError:
+        pass  # a sae-lens folder or release
+    cfg_file = Path(sae).expanduser() / "cfg.json"
+    hook = ""
+    if cfg_file.is_file():
+        try:
+            hook = str(json.loads(cfg_file.read_text()).get("hook_name") or "")
+        except (OSError, ValueError):
+            hook = ""  # the plan reports an unreadable folder with its own message
+    if hook.endswith(("hook_mlp_out", "mlp.hook_out")):
+        return "mlp_out"
+    if hook.endswith(("mlp.hook_post", "mlp.hook_pre")):
+        return "mlp"
+    return "resid"
 
 
 def _artifact_id(cfg: ExtractConfig, revision: str, ds_fp: str, sae_prov: dict[str, Any] | None) -> str:

@@ -175,3 +175,40 @@ def test_error_text_is_printed_as_given_not_as_markup(capsys):
     assert code == 2 and "'[bold]kind'" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, "[bold]cmd")  # a usage error quoting it
     assert code == 2 and "[bold]cmd" in err and len(err.strip().splitlines()) == 1
+
+
+def test_extract_then_fit_reuses_the_extraction_without_naming_a_site(capsys, tiny_models, tiny_dataset):
+    """`atlas extract` reads what `atlas fit` reads by default (MLP neurons), so the fit extracts nothing again."""
+    llama = str(tiny_models["llama"])
+    code, out, err = run(capsys, "extract", "--model", llama, "--layers", "2", "--dataset", "tiny", "--limit", "60",
+                         "--json")
+    assert code == 0, err
+    ex = json.loads(out)
+    assert ex["provenance"]["site"] == "mlp"
+    code, out, err = run(capsys, "fit", "--subject", llama, "--layer", "2", "--atlas", f"{tiny_models['qwen2']}@1",
+                         "--dataset", "tiny", "--limit", "60", "--json")
+    assert code == 0, err
+    assert ex["id"] in json.loads(out)["plan"]["reused"]
+    code, out, _ = run(capsys, "registry", "ls", "--json")
+    assert sum(a["kind"] == "activations" for a in json.loads(out)) == 2  # the subject's, once, and the foundation's
+
+
+def test_extract_with_an_atlas_reads_the_atlas_site(capsys, tiny_models, tiny_dataset, tmp_path):
+    from atlascli.atlas import AtlasBuildConfig, build_atlas
+    from atlascli.extract import default_site
+
+    art = build_atlas(AtlasBuildConfig(name="m", foundation=str(tiny_models["gpt2"]), layer=1, site="mlp", width=32,
+                                       k=4, dataset="tiny", train_sentences=100, max_tokens=2000, epochs=2,
+                                       batch_size=256, lr=3e-3, label_sentences=100, top_samples=3))
+    code, out, err = run(capsys, "extract", "--model", str(tiny_models["gpt2"]), "--layers", "1", "--sae", art.id,
+                         "--dataset", "tiny", "--limit", "20", "--json")
+    assert code == 0, err
+    assert json.loads(out)["provenance"]["site"] == "mlp" and json.loads(out)["provenance"]["sparse"]
+    # a sae-lens folder says where it reads in cfg.json's hook_name; without one, the residual stream
+    for hook, site in [("blocks.1.hook_mlp_out", "mlp_out"), ("blocks.1.mlp.hook_post", "mlp"),
+                       ("blocks.1.hook_resid_post", "resid"), (None, "resid")]:
+        folder = tmp_path / str(hook)
+        folder.mkdir()
+        (folder / "cfg.json").write_text(json.dumps({"hook_name": hook, "d_in": 8}))
+        assert default_site(str(folder)) == site
+    assert default_site(None) == "mlp"

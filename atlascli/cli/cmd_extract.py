@@ -13,7 +13,8 @@ from atlascli.cli.common import REVISION_HELP, TRUST_HELP, console, emit_artifac
 def extract_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Zoo name, local folder/.gguf or HF id."),
     layers: str = typer.Option(..., "--layers", "--layer", "-l", help="Comma-separated block indices, e.g. 3,12,19."),
-    site: str = typer.Option("resid", help="mlp (MLP neurons) | mlp_out | resid."),
+    site: str | None = typer.Option(None, help="mlp (MLP neurons) | mlp_out | resid. Default: mlp, what `atlas fit` "
+                                                "reads, so a fit reuses this extraction; with --sae, the SAE's site."),
     dataset: str = typer.Option("default", "--dataset", "-d", help="Dataset id or name."),
     split: str = typer.Option("train", help="train or test."),
     sae: str | None = typer.Option(None, help="SAE (folder, atlas id or RELEASE:ID): store sparse codes."),
@@ -32,9 +33,10 @@ def extract_cmd(
     """Stream a dataset through a model and store max-pooled activations (resumable)."""
     from atlascli.cli.plan_view import PlanSink
     from atlascli.cli.plan_view import dry_run as show_dry_run
-    from atlascli.extract import ExtractConfig, extract
+    from atlascli.extract import ExtractConfig, default_site, extract
 
-    cfg = ExtractConfig(model=model, layers=parse_ints(layers, "layers"), site=site, dataset=dataset, split=split,
+    cfg = ExtractConfig(model=model, layers=parse_ints(layers, "layers"), site=site or default_site(sae),
+                        dataset=dataset, split=split,
                         sae=sae, limit=limit, device=device, dtype=dtype, batch_tokens=batch_tokens,
                         shard_size=shard_size, max_length=max_length, revision=revision,
                         trust_remote_code=trust_remote_code)
