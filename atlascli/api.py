@@ -48,9 +48,11 @@ class Alignment:
         return str(self.artifact.provenance["site"])
 
     def query(self, concept: str | None = None, *, features: str | None = None,
-              examples: list[str] | None = None, contrast: list[str] | None = None, route: str = "auto") -> Any:
+              examples: list[str] | None = None, contrast: list[str] | None = None, route: str = "auto",
+              trust_remote_code: bool = False) -> Any:
         """A :class:`atlascli.search.ConceptQuery` from a text / saved concept, atlas features (``"17,901:0.5"``)
-        or example sentences (mean code, minus the contrast sentences' mean)."""
+        or example sentences (mean code, minus the contrast sentences' mean; the atlas's foundation encodes them,
+        running its own model code only with ``trust_remote_code``)."""
         from atlascli.concepts import load_concept
         from atlascli.search import query_from_examples, query_from_features, query_from_text
 
@@ -59,7 +61,7 @@ class Alignment:
         if features is not None:
             return query_from_features(features, self.atlas)
         if examples is not None:
-            return query_from_examples(examples, self.atlas, contrast)
+            return query_from_examples(examples, self.atlas, contrast, trust_remote_code=trust_remote_code)
         assert concept is not None
         return load_concept(concept, self.atlas) or query_from_text(concept, self.atlas, route=route)
 
@@ -106,8 +108,10 @@ def steering(model: Any, concept: str | None = None, *, features: str | None = N
     """Steer any loaded Hugging Face causal LM along an atlas concept while inside the block (eq. 4, hooks
     removed on exit, also on errors). Yields the multiplier applied at each layer.
 
-    ``strength`` is in ``unit``: ``norm`` = percent of each layer's median token norm (measured once on a few
-    calibration sentences with ``tokenizer``, or the model's own tokenizer), ``absolute`` = the paper's lambda.
+    ``strength`` is in ``unit``: ``norm`` = `atlas steer`'s unit, relative to each layer's median token norm
+    (measured once on a few calibration sentences with ``tokenizer``, or the model's own tokenizer; 35, the
+    default, adds :data:`atlascli.steering.NORM_REFERENCE`'s share of it: the whole norm at MLP neurons, 17% on the
+    residual stream), ``absolute`` = the paper's lambda.
     ``subject`` picks the alignments (default: the newest subject whose width matches the model); ``site`` the
     fitted site to steer (default: the residual stream when fitted, see :data:`atlascli.sites.STEER_SITES`).
 

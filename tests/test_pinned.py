@@ -187,3 +187,26 @@ def test_fit_refuses_an_atlas_whose_foundation_changed_before_extracting(tiny_mo
         fit(FitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=art.id, dataset="tiny",
                       limit=150))
     assert {a.id for a in Registry().list("activations")} == before  # refused before any extraction
+
+
+def test_relabelling_an_atlas_on_custom_code_needs_the_flag(tiny_models, tiny_dataset, tmp_path, capsys):
+    foundation = custom_code_model(tiny_models["llama"], tmp_path / "custom")
+    args = ["atlas", "build", "--name", "c", "--foundation", str(foundation), "--layer", "1", "--width", "32",
+            "--k", "4", "--dataset", "tiny", "--train-sentences", "100", "--max-tokens", "2000", "--epochs", "2",
+            "--label-sentences", "100", "--json"]
+    assert main([*args, "--trust-remote-code"]) == 0, capsys.readouterr().err
+    atlas_id = json.loads(capsys.readouterr().out)["id"]
+    assert main(["atlas", "label", atlas_id, "--json"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "needs its own model code" in err[0] and "--trust-remote-code" in err[0]
+    assert main(["atlas", "label", atlas_id, "--trust-remote-code", "--json"]) == 0
+    relabelled = json.loads(capsys.readouterr().out)
+    assert relabelled["id"] != atlas_id and relabelled["kind"] == "atlas"
+    # the Python API's query from examples encodes them with the same foundation, under the same consent
+    from atlascli.api import Alignment
+    from atlascli.atlas import resolve_atlas
+
+    api = Alignment(artifact=None, atlas=resolve_atlas(atlas_id))
+    with pytest.raises(InputError, match="needs its own model code"):
+        api.query(examples=["The dog and the cat met a city today."])
+    assert api.query(examples=["The dog and the cat met a city today."], trust_remote_code=True).features

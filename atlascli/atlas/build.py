@@ -204,8 +204,8 @@ def label_and_store(folder: Any, codes_art: Artifact, layer: int, width: int, se
     return {**labelling_stats(labels), "dead_in_labelling": sum(1 for x in labels if x["frequency"] == 0)}
 
 
-def relabel_offline(atlas: Any, folder: Any, registry: Registry,
-                    progress: ProgressFn | None = None) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, Any]]:
+def relabel_offline(atlas: Any, folder: Any, registry: Registry, progress: ProgressFn | None = None,
+                    trust_remote_code: bool = False) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, Any]]:
     """Offline labels v2 for an existing trained atlas, from the codes it was labelled with."""
     p, meta = atlas.artifact.provenance, atlas.artifact.meta
     codes_id = meta.get("label_codes")
@@ -213,8 +213,8 @@ def relabel_offline(atlas: Any, folder: Any, registry: Registry,
         raise InputError(f"atlas {atlas.id} has no labelling codes in the registry ({codes_id})",
                          "rebuild it with `atlas atlas build`")
     dataset = registry.get(p["dataset"], "dataset")
-    tok = load_foundation(atlas).tokenizer  # (a cached model loads in seconds; only its tokenizer is used: the token
-    # ids of the stored codes)
+    # a cached model loads in seconds; only its tokenizer is used (the token ids of the stored codes)
+    tok = load_foundation(atlas, trust_remote_code=trust_remote_code).tokenizer
     cfg = meta.get("config", {})
     stats = label_and_store(folder, registry.get(codes_id, "activations"), int(p["layer"]), int(p["width"]),
                             load_split(dataset, "train"), load_sources(dataset, "train"),

@@ -116,8 +116,10 @@ def _copy_sae(src: Artifact, dst: Any) -> None:
 
 
 def relabel_atlas(atlas: Atlas, registry: Registry | None = None, labeler: ChatLabeler | None = None,
-                  batch: int = 10, progress: Callable[[str, int, int], None] | None = None) -> Artifact:
+                  batch: int = 10, progress: Callable[[str, int, int], None] | None = None,
+                  trust_remote_code: bool = False) -> Artifact:
     """A new atlas version with offline labels v2 (and LLM descriptions when ``labeler`` is given).
+    ``trust_remote_code``: the foundation's own model code may run (its tokenizer decodes the stored codes' tokens).
 
     Resumable: LLM answers are kept in the staging folder after every batch. Features the labeler could not
     describe keep their offline label and are marked ``"description": null, "llm": "failed"``."""
@@ -138,13 +140,13 @@ def relabel_atlas(atlas: Atlas, registry: Registry | None = None, labeler: ChatL
         stage.release()
         return published
     try:
-        return _relabel(atlas, stage, registry, labeler, batch, progress)
+        return _relabel(atlas, stage, registry, labeler, batch, progress, trust_remote_code)
     finally:
         stage.release()  # after a failure the staging folder (and the LLM answers so far) stays, to resume
 
 
 def _relabel(atlas: Atlas, stage: Any, registry: Registry, labeler: ChatLabeler | None, batch: int,
-             progress: Callable[[str, int, int], None] | None) -> Artifact:
+             progress: Callable[[str, int, int], None] | None, trust_remote_code: bool = False) -> Artifact:
     from atlascli.atlas.build import LABELS_VERSION, relabel_offline
 
     p = atlas.artifact.provenance
@@ -156,7 +158,7 @@ def _relabel(atlas: Atlas, stage: Any, registry: Registry, labeler: ChatLabeler 
             if name in atlas.artifact.manifest["files"]:
                 shutil.copy2(atlas.artifact.file(name), stage.path / name)
     else:
-        records, emb, stats = relabel_offline(atlas, stage.path, registry, progress)
+        records, emb, stats = relabel_offline(atlas, stage.path, registry, progress, trust_remote_code)
     llm: dict[str, Any] = {}
     if labeler is not None:
         records, llm = _llm_pass(records, labeler, stage.path, batch, progress)

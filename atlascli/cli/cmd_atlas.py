@@ -94,6 +94,7 @@ def label(
                                                   "(default: offline labels v2 only)."),
     judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL (key: $OPENAI_API_KEY)."),
     batch: int = typer.Option(10, min=1, max=100, help="Features per LLM request."),
+    trust_remote_code: bool = typer.Option(False, help=TRUST_HELP + " (the foundation's tokenizer)"),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Relabel an atlas (new version, same SAE weights, alignments stay valid): offline labels v2, or LLM
@@ -110,7 +111,8 @@ def label(
         chat = ChatLabeler(model=model, url=judge_url or "https://api.openai.com/v1")
     atlas = resolve_atlas(ref)
     with staged_bars(json_out) as progress:
-        art = relabel_atlas(atlas, labeler=chat, batch=batch, progress=progress)
+        art = relabel_atlas(atlas, labeler=chat, batch=batch, progress=progress,
+                           trust_remote_code=trust_remote_code)
     if json_out:
         emit_artifact(art)
         return
