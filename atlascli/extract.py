@@ -45,8 +45,9 @@ class ExtractConfig:
     """Zoo name, local folder/.gguf, or Hugging Face id."""
     layers: tuple[int, ...]
     """Block indices (0-based)."""
-    site: str = "resid"
-    """``mlp`` (MLP neurons), ``mlp_out`` or ``resid``."""
+    site: str = ""
+    """``mlp`` (MLP neurons), ``mlp_out`` or ``resid``; empty: :func:`default_site` (``mlp``, what a fit reads by
+    default, or the SAE's own site when ``sae`` is given)."""
     dataset: str = "default"
     """Dataset artifact id or name."""
     split: str = "train"
@@ -81,6 +82,8 @@ class ExtractConfig:
             raise InputError(f"limit must be at least 1, got {self.limit}", "omit --limit to use every sentence")
         if any(layer < 0 for layer in self.layers):
             raise InputError(f"layers must be non-negative, got {list(self.layers)}", "e.g. --layers 3,12")
+        if not self.site:
+            object.__setattr__(self, "site", default_site(self.sae))
 
 
 def default_site(sae: str | None, registry: Registry | None = None) -> str:

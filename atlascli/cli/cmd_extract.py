@@ -33,9 +33,9 @@ def extract_cmd(
     """Stream a dataset through a model and store max-pooled activations (resumable)."""
     from atlascli.cli.plan_view import PlanSink
     from atlascli.cli.plan_view import dry_run as show_dry_run
-    from atlascli.extract import ExtractConfig, default_site, extract
+    from atlascli.extract import ExtractConfig, extract
 
-    cfg = ExtractConfig(model=model, layers=parse_ints(layers, "layers"), site=site or default_site(sae),
+    cfg = ExtractConfig(model=model, layers=parse_ints(layers, "layers"), site=site or "",
                         dataset=dataset, split=split,
                         sae=sae, limit=limit, device=device, dtype=dtype, batch_tokens=batch_tokens,
                         shard_size=shard_size, max_length=max_length, revision=revision,
