@@ -82,6 +82,8 @@ def progress(done, total, tokens):
 art = extract(ExtractConfig(model=model, layers=(1, 2), site="mlp", dataset="tiny", limit=90, shard_size=16,
                             batch_tokens=48), progress=progress)
 print(json.dumps({"id": art.id}))
+from atlascli.distributed import reset
+reset(together=True)  # how a library user ends a multi-process run
 """
 
 FIT = HEAD + """
@@ -111,6 +113,8 @@ if w.main:
                      for m, f in fitter.fitters.items()})
 print(json.dumps({"said": said, "alignments": [a.id for a in arts], "subject": subject.artifact.id,
                   "atlas": atlas.artifact.id}))
+from atlascli.distributed import reset
+reset(together=True)  # how a library user ends a multi-process run
 """
 
 
@@ -258,8 +262,8 @@ def test_two_rank_fit_equals_one_process(tiny_models, varied_dataset, tmp_path):
     llama, gpt2 = str(tiny_models["llama"]), str(tiny_models["gpt2"])
     script = _write(tmp_path, "fit.py", FIT)
     results = _finish(_ranks(script, 2, llama, gpt2, str(tmp_path / "stats.npz")))
-    for rc, _, stderr in results:
-        assert rc == 0, stderr[-3000:]
+    for rank, (rc, _, stderr) in enumerate(results):
+        assert rc == 0, f"rank {rank}: {stderr[-3000:]}"
     said = [json.loads(out.splitlines()[-1]) for _, out, _ in results]
     assert said[0]["said"] == ["InputError", "ranks disagree on the extraction: rank 1 has --limit 61, rank 0 has 60"]
     assert said[1]["said"][0] == "PeerError"  # rank 1 stays quiet: rank 0 says it

@@ -110,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                   highlight=False, soft_wrap=True)
         return 1
     # without standalone mode, `raise typer.Exit(code)` comes back as the return value
-    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+    code = result if isinstance(result, int) and not isinstance(result, bool) else 0
+    if code == 0 and "torch.distributed" in sys.modules:  # a multi-process run that ended well: leave together
+        from atlascli.distributed import reset
+
+        reset(together=True)
+    return code
 
 
 if __name__ == "__main__":
