@@ -35,9 +35,10 @@ class _Acts:
 def _reference(x: np.ndarray, s: np.ndarray, standardise: bool) -> np.ndarray:
     xc = x - x.mean(0)
     d = s.copy()
-    if standardise:
+    if standardise:  # dead units (spread < 1e-6 of the largest) out; no live spread below 0.1 x the median one
         sd = x.std(0)
         keep = sd > 1e-6 * sd.max()
+        sd = np.maximum(sd, 0.1 * np.median(sd[keep]))
         xc, d = xc[:, keep] / sd[keep], d[keep] / sd[keep]
     return (xc / np.linalg.norm(xc, axis=1, keepdims=True)) @ (d / np.linalg.norm(d))
 
