@@ -335,3 +335,27 @@ def test_big_model_placement_and_hooks(tiny_models, tiny_dataset, tmp_path):
     a, b = extract_shard(mapped, sentences, cfg, None), extract_shard(plain, sentences, cfg, None)
     for layer in (1, 3):  # hooks capture the offloaded layers as usual
         torch.testing.assert_close(a[f"L{layer}"], b[f"L{layer}"])
+
+
+def test_leaving_together_survives_a_peer_that_left_already(monkeypatch):
+    """A rank whose work is done waits at a barrier before leaving; a peer that failed has left already, so the
+    barrier raises: this rank still leaves its process group, without an error of its own."""
+    import torch.distributed as dist
+
+    from atlascli import distributed
+
+    calls: list[str] = []
+
+    def closed() -> None:
+        calls.append("barrier")
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
+    monkeypatch.setattr(dist, "barrier", closed)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a: calls.append("destroy"))
+    distributed.reset(together=True)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    distributed.reset()  # after an error: no barrier
+    assert calls == ["destroy"]
