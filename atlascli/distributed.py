@@ -152,7 +152,7 @@ def reset(together: bool = False) -> None:
 
     ``together``: first wait at a barrier for every rank to get here, as a run that ended well should. A gloo rank
     that tore its group down while a peer still worked (rank 0 committing) aborted at interpreter exit now and then
-    (std::terminate after finalisation: 4 two-rank fits in 34 here, none in 48 with the barrier). Not after an
+    (std::terminate after finalisation: 4 two-rank fits in 34 here, none in 64 with the barrier). Not after an
     error: a rank that failed may be out of step with its peers' collectives, so it leaves alone (the atexit
     fallback does too)."""
     global _WORLD
