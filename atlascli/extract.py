@@ -23,7 +23,7 @@ import torch
 from atlascli.activations import Activations, Shard, check_coverage, find_covering, shard_name
 from atlascli.corpus import load_split, resolve_dataset
 from atlascli.distributed import world
-from atlascli.errors import CorruptArtifactError, InputError
+from atlascli.errors import CorruptArtifactError, InputError, NotFoundError
 from atlascli.hooks import record_sites, run_until
 from atlascli.models import LoadedModel, check_layer, load_model, model_card
 from atlascli.registry import Artifact, Registry, slug
@@ -93,8 +93,6 @@ def default_site(sae: str | None, registry: Registry | None = None) -> str:
     so that an extraction made first is the one the fit reuses."""
     if not sae:
         return "mlp"
-    from atlascli.errors import NotFoundError
-
     try:
         return str((registry or Registry()).get(sae, "atlas").provenance.get("site", "resid"))
     except NotFoundError:
@@ -105,7 +103,7 @@ def default_site(sae: str | None, registry: Registry | None = None) -> str:
         try:
             hook = str(json.loads(cfg_file.read_text()).get("hook_name") or "")
         except (OSError, ValueError):
-            hook = ""  # the plan reports an unreadable folder with its own message
+            pass  # the plan reports an unreadable folder with its own message
     if hook.endswith(("hook_mlp_out", "mlp.hook_out")):
         return "mlp_out"
     if hook.endswith(("mlp.hook_post", "mlp.hook_pre")):

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from atlascli.errors import InputError
-from atlascli.evaluate.run import EvaluateConfig, Report, evaluate
+from atlascli.evaluate.run import EvaluateConfig, Report, evaluate, id_config
 from atlascli.registry import Registry, slug
 from atlascli.registry.files import atomic_write_json, sha256_json
 
@@ -77,8 +77,7 @@ def evaluate_subjects(cfg: EvaluateConfig, subjects: list[str], registry: Regist
     for subject, rep in reports.items():
         for kind, by_layer in _cells(rep).items():
             multi.table.setdefault(kind, {})[subject] = by_layer
-    config = {k: v for k, v in asdict(cfg).items() if k != "trust_remote_code"}  # changes no number: ids stay
-    key = sha256_json({"config": config, "subjects": subjects, "reports": [r.artifact for r in reports.values()]})
+    key = sha256_json({"config": id_config(asdict(cfg)), "subjects": subjects, "reports": [r.artifact for r in reports.values()]})
     art_id = f"report-table7-{slug('-'.join(subjects))[:60]}-{key[:10]}"
     if registry.exists(art_id, "report"):
         registry.remove(art_id)

@@ -255,10 +255,15 @@ def evaluate(cfg: EvaluateConfig, registry: Registry | None = None, progress: Pr
     return store_report(report, registry, all_arts)
 
 
+def id_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of an evaluation config that names its report: consent to run a model's own code
+    (``trust_remote_code``) changes no number, so it is left out and report ids stay as they were."""
+    return {k: v for k, v in config.items() if k != "trust_remote_code"}
+
+
 def store_report(report: Report, registry: Registry, parents: list[Artifact]) -> Report:
     """Write ``report.json`` as a ``report`` artifact (parents: the alignments and the atlas)."""
-    config = {k: v for k, v in report.config.items() if k != "trust_remote_code"}  # changes no number: ids stay
-    key = sha256_json({"config": config, "alignments": report.alignments, "data": report.data})
+    key = sha256_json({"config": id_config(report.config), "alignments": report.alignments, "data": report.data})
     art_id = f"report-{slug(report.subject)}-{'-'.join(report.config['kinds'])}-{key[:10]}"
     if registry.exists(art_id, "report"):
         registry.remove(art_id)
