@@ -21,13 +21,21 @@ DEFAULT_PROMPTS = {"chat": "Tell me a short story.", "raw": "Sure, I always have
 makes SmolLM2-Instruct list letters even unsteered), the paper's joke prompt (A.7) as a raw continuation otherwise."""
 
 STEER_DEPTH = {"mlp": (0.1, 0.85), "mlp_out": (0.15, 0.35), "resid": (0.15, 0.35)}
-"""Default steering layers per site: the fitted layers between these fractions of the model's depth. Measured with
-bench/steer_sweep.py on SmolLM2-135M (30 layers). MLP neurons (lambda 35): layers 3, 12, 19, 25 beat 3, 12, 19 on 30
-tuning concepts (atlas wins 77% vs 60%) and on 20 held-out ones (65% vs 60%), at a small fluency cost (NLL of the text
-under the unsteered model 1.50 vs 1.38 nats/token); the last layers mostly change the next-token distribution. The
-residual stream (the default steering site when fitted, lambda 35 = 17% of the token norm): layers 6 and 9 moved 93%
-of the tuning concepts at NLL 1.55, layer 6 alone 57% (NLL 1.16); adding layer 3 cost fluency (NLL 2.4 at 23%).
-Early-middle layers are also where the steering-vector literature (ActAdd, CAA) finds residual steering works."""
+"""Default steering layers per site: fitted layers between these fractions of the model's depth, at most one per
+:data:`STEER_AT` depth. Measured with bench/steer_sweep.py on SmolLM2-135M (30 layers). MLP neurons (lambda 35): layers
+3, 12, 19, 25 beat 3, 12, 19 on 30 tuning concepts (atlas wins 77% vs 60%) and on 20 held-out ones (65% vs 60%), at a
+small fluency cost (NLL of the text under the unsteered model 1.50 vs 1.38 nats/token); the last layers mostly change
+the next-token distribution. The residual stream (the default steering site when fitted, lambda 35 = 17% of the token
+norm): layers 6 and 9 moved 93% of the tuning concepts at NLL 1.55, layer 6 alone 57% (NLL 1.16); adding layer 3 cost
+fluency (NLL 2.4 at 23%). Early-middle layers are also where the steering-vector literature (ActAdd, CAA) finds
+residual steering works."""
+
+STEER_AT = {"mlp": (0.1, 0.4, 0.63, 0.83), "mlp_out": (0.2, 0.3), "resid": (0.2, 0.3)}
+"""The depths (fractions of the model's depth) lambda was calibrated at: SmolLM2-135M's MLP layers 3, 12, 19, 25 and
+residual layers 6, 9 (:data:`STEER_DEPTH`). Lambda is per layer, so every further steered layer adds it again: with
+residual fits at layers 5-10, steering all six at lambda 35 turned "music" and "london" into "I (NEM (NA to your
+your" and "The 202CabL." where layers 6 and 9 write fluent text. So the default steers the fitted layer nearest to
+each of these depths, and never more layers than there are depths."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,8 @@ class SteerOutcome:
     """With ``random``: lambda -> continuations steered along a random direction of the same norm."""
     note: str | None = None
     """Advice shown with the result (e.g. how to fit the residual stream when only neurons are fitted)."""
+    not_steered: list[int] = field(default_factory=list)
+    """With default layers: the layers fitted at the site that the default left out (see :data:`STEER_AT`)."""
 
 
 def resid_advice(subject: str, site: str, n_layers: int) -> str | None:
@@ -133,14 +143,21 @@ def resid_advice(subject: str, site: str, n_layers: int) -> str | None:
 
 
 def default_layers(fitted: list[int], n_layers: int, site: str = "mlp") -> list[int]:
-    """The fitted layers inside the site's :data:`STEER_DEPTH` of the model; when none is, the fitted layer nearest
-    to that window."""
+    """The fitted layers inside the site's :data:`STEER_DEPTH` of the model, one per :data:`STEER_AT` depth (the one
+    nearest to it, earlier on a tie); when none is inside, the fitted layer nearest to that window."""
     lo, hi = STEER_DEPTH.get(site, STEER_DEPTH["mlp"])
     inside = [layer for layer in fitted if lo * n_layers <= layer <= hi * n_layers]
-    if inside or not fitted:
-        return inside
-    mid = (lo + hi) / 2 * n_layers
-    return [min(fitted, key=lambda layer: (abs(layer - mid), layer))]
+    if not fitted:
+        return []
+    if not inside:
+        mid = (lo + hi) / 2 * n_layers
+        return [min(fitted, key=lambda layer: (abs(layer - mid), layer))]
+    chosen: list[int] = []
+    for depth in STEER_AT.get(site, STEER_AT["mlp"]):
+        left = [layer for layer in inside if layer not in chosen]
+        if left:
+            chosen.append(min(left, key=lambda layer: (abs(layer - depth * n_layers), layer)))
+    return sorted(chosen)
 
 
 def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: str,
@@ -216,4 +233,5 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     mult = {lam: {layer: lam * m for layer, m in per_unit.items()} for lam in sweep if lam}
     return SteerOutcome(query, subject, site, sorted(vectors), not cfg.layers, cfg.unit, lam_source, chat, prompts,
                         out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, rnd,
-                        resid_advice(subject, site, n_layers) if cfg.site is None else None)
+                        resid_advice(subject, site, n_layers) if cfg.site is None else None,
+                        [layer for layer in fitted if layer not in vectors] if not cfg.layers else [])

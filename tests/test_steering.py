@@ -189,11 +189,14 @@ def test_steer_prefers_the_residual_stream_and_search_the_neurons(aligned, tiny_
     from atlascli.steering import norm_reference
 
     atlas, _ = aligned
-    fit(FitConfig(subject=str(tiny_models["llama"]), layers=(1,), site="resid", atlas=atlas.id, dataset="tiny",
+    fit(FitConfig(subject=str(tiny_models["llama"]), layers=(1, 2), site="resid", atlas=atlas.id, dataset="tiny",
                   limit=150, methods="procrustes"))
     code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["site"] == "resid" and out["layers"] == [1] and out["layers_default"]
+    assert out["fitted_not_steered"] == [2]  # fitted, outside the default depth: said, not steered
+    assert main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "2"]) == 0
+    assert "also fitted: 2, left out: lambda adds up" in " ".join(capsys.readouterr().out.split())
     assert out["note"] is None
     assert out["multipliers"]["35.0"]["1"] * out["vector_norms"]["1"] == pytest.approx(
         35.0 / norm_reference("resid") * out["site_norms"]["1"], rel=1e-5)
@@ -203,7 +206,25 @@ def test_steer_prefers_the_residual_stream_and_search_the_neurons(aligned, tiny_
     assert main(["steer", "--features", "3", "--prompt", "Hi", "--site", "mlp_out"]) == 2
     assert "fitted sites: mlp, resid" in capsys.readouterr().err
     assert resolve_alignment(Registry(), atlas=atlas).provenance["site"] == "mlp"
-    assert resolve_alignment(Registry(), atlas=atlas, site="resid").provenance["layer"] == 1
+    assert resolve_alignment(Registry(), atlas=atlas, site="resid").provenance["site"] == "resid"
+
+
+def test_default_layers_steer_one_fitted_layer_per_calibrated_depth():
+    """Lambda is per layer, so the default never steers more layers than it was calibrated with: on a 30-layer model,
+    residual fits at 5-10 steer 6 and 9 (not all six), neuron fits at every layer steer 3, 12, 19, 25; fewer fits
+    than depths steer them all; none in the window steers the nearest one."""
+    from atlascli.steer_run import default_layers
+
+    assert default_layers(list(range(5, 11)), 30, "resid") == [6, 9]
+    assert default_layers(list(range(30)), 30, "resid") == [6, 9]
+    assert default_layers(list(range(30)), 30, "mlp") == [3, 12, 19, 25]
+    assert default_layers([3, 6, 9, 12, 15, 18], 30, "resid") == [6, 9]  # what the demo's fits give
+    assert default_layers([3, 12, 19, 25], 30, "mlp") == [3, 12, 19, 25]
+    assert default_layers([8, 9, 10], 30, "resid") == [8, 9]
+    assert default_layers([7], 30, "resid") == [7]
+    assert default_layers([20, 25], 30, "resid") == [20]  # none inside: the nearest to the window
+    assert default_layers([], 30, "resid") == []
+    assert default_layers(list(range(24)), 24, "mlp") == [3, 10, 15, 20]  # same depths, 24 layers (2 < 10% of 24)
 
 
 def test_norm_unit_is_calibrated_per_site():

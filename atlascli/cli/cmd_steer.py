@@ -80,6 +80,7 @@ def steer_cmd(
         res = run_steer(query, plist, cfg, at, reg, concept_name=concept)
     if json_out:
         emit_json({"subject": res.subject, "site": res.site, "layers": res.layers, "layers_default": res.layers_default,
+                   "fitted_not_steered": res.not_steered,
                    "method": method, "unit": res.unit, "lambda_source": res.lambda_source, "chat": res.chat,
                    "query": {"source": query.source, "matches": query.matches, "examples": query.examples,
                              "note": query.note},
@@ -93,8 +94,12 @@ def steer_cmd(
 
     unit_text = (f" norm units (35 = {35 / norm_reference(res.site):.0%} of a typical {res.site} token's norm at each "
                  "layer)" if res.unit == "norm" else " absolute units (the paper's convention)")
-    console.print(f"steering {res.subject} layers {res.layers}" + (" (default steering layers)" if res.layers_default
-                                                                   else "")
+    default = ""
+    if res.layers_default:
+        default = " (default steering layers" + (
+            f"; also fitted: {', '.join(map(str, res.not_steered))}, left out: lambda adds up over layers;"
+            " --layers picks them" if res.not_steered else "") + ")"
+    console.print(f"steering {res.subject} layers {res.layers}{default}"
                   + f" at {res.site} ({method}); lambda in{unit_text}"
                   + (f"; lambda from {res.lambda_source}" if res.lambda_source != "given" else "")
                   + ("; chat template" if res.chat else "; raw prompt"), highlight=False)
