@@ -134,9 +134,7 @@ def resid_advice(subject: str, site: str, n_layers: int) -> str | None:
     """When steering fell back to a site other than the residual stream: the fit that would steer better."""
     if site == "resid":
         return None
-    lo, hi = STEER_DEPTH["resid"]
-    layers = sorted({max(1, round(lo * n_layers + (hi - lo) * n_layers / 4)),
-                     round(lo * n_layers + 3 * (hi - lo) * n_layers / 4)})
+    layers = sorted({max(1, round(depth * n_layers)) for depth in STEER_AT["resid"]})  # what the default steers
     return (f"steering at {site}: the residual stream of {subject} is not fitted (on SmolLM2 it moved 93% of 30 "
             f"concepts against 77% for MLP neurons, at the same fluency); `atlas fit --subject {subject} --site resid "
             f"--layers {','.join(map(str, layers))}` makes it the default")
