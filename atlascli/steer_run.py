@@ -32,10 +32,11 @@ residual steering works."""
 
 STEER_AT = {"mlp": (0.1, 0.4, 0.63, 0.83), "mlp_out": (0.2, 0.3), "resid": (0.2, 0.3)}
 """The depths (fractions of the model's depth) lambda was calibrated at: SmolLM2-135M's MLP layers 3, 12, 19, 25 and
-residual layers 6, 9 (:data:`STEER_DEPTH`). Lambda is per layer, so every further steered layer adds it again: with
-residual fits at layers 5-10, steering all six at lambda 35 turned "music" and "london" into "I (NEM (NA to your
-your" and "The 202CabL." where layers 6 and 9 write fluent text. So the default steers the fitted layer nearest to
-each of these depths, and never more layers than there are depths."""
+residual layers 6, 9 (:data:`STEER_DEPTH`). Lambda is per layer, so every further steered layer adds it again: on 30
+tuning concepts at lambda 35 (bench/results/steer_sweep_layercount.json), residual layers 6, 9 gave NLL 1.49 and 67%
+distinct bigrams, all six of 5-10 NLL 3.48 and 51% ("music" became "to your the (ex. (no note, no sol, no, no"),
+6, 9, 12, 15 NLL 2.59. So the default steers the fitted layer nearest to each of these depths, never more layers than
+there are depths."""
 
 
 @dataclass(frozen=True)
