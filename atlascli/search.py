@@ -169,11 +169,13 @@ def _text_via_examples(text: str, q: torch.Tensor, atlas: Atlas, n_examples: int
     order = nz[torch.argsort(qv[nz], descending=True)].tolist()
     dataset = atlas.artifact.provenance.get("dataset")
     examples: list[str] = []
+    labelling: list[str] | None = None
     try:
         from atlascli.registry import Registry
 
         sents = load_split(Registry().get(dataset, "dataset"), "train") if dataset else []
         examples = [sents[i] for i in keep[:5]] if sents else []
+        labelling = sents[:emb.shape[0]] if len(sents) >= emb.shape[0] else None  # row i is train sentence i
     except Exception:  # noqa: BLE001 - showing the examples is optional (e.g. a pulled atlas without its dataset)
         examples = []
     top = float(qv[order[0]])
@@ -188,13 +190,15 @@ def _text_via_examples(text: str, q: torch.Tensor, atlas: Atlas, n_examples: int
         shown = [i for i in order[:n_show] if qv[i] > 0]
     matches = [_match(atlas, i, float(qv[i]) / top) for i in shown]  # weight: share of the largest
     return ConceptQuery(order, [float(qv[i]) for i in order], "text (examples)", matches, examples,
-                        coverage_note(text, atlas, [m["label"] for m in matches]))
+                        coverage_note(text, atlas, [m["label"] for m in matches], labelling))
 
 
-def coverage_note(text: str, atlas: Atlas, leaning_on: list[str]) -> str | None:
+def coverage_note(text: str, atlas: Atlas, leaning_on: list[str], corpus: list[str] | None = None) -> str | None:
     """A note when some content word of ``text`` labels no coherent atlas feature (e.g. "london" in an atlas with
     features for cities and for Britain but none for London): the query is then approximated by related concepts,
-    and the user should know. None when every word is covered."""
+    and the user should know. With ``corpus`` (the labelling sentences), words that none of them contains (a typo,
+    a made-up word: "xyzzy") are named as such: the examples found for them are only the nearest by embedding. None
+    when every word is covered."""
     from nltk.stem.snowball import SnowballStemmer
 
     from atlascli.atlas.labels import stop_words, words
@@ -215,6 +219,13 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str]) -> str | None:
     missing = [w for w in asked if not known(w)]
     if not missing:
         return None
+    if corpus:
+        lowered = [sentence.lower() for sentence in corpus]
+        unseen = [w for w in missing if not any(w in sentence or stem(w) in sentence for sentence in lowered)]
+        if unseen:
+            return (f"{' / '.join(repr(w) for w in unseen)} occurs in none of the atlas's {len(corpus):,} labelling "
+                    "sentences (a typo?): the examples found are only the nearest by embedding and may be unrelated; "
+                    "check them, or give --examples / --features")
     related = ", ".join(dict.fromkeys(lab.split(":")[0].split(" (")[0] for lab in leaning_on[:4]))
     return (f"no atlas feature is labelled {' / '.join(repr(w) for w in missing)}: the query leans on related "
             f"concepts ({related}); an atlas with such a feature (a wider or imported one) will be more specific")
