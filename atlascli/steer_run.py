@@ -141,6 +141,16 @@ def resid_advice(subject: str, site: str, n_layers: int) -> str | None:
             f"--layers {','.join(map(str, layers))}` makes it the default")
 
 
+def many_layers_note(n_steered: int, site: str) -> str | None:
+    """When more layers are steered than the default's :data:`STEER_AT` depths: lambda adds up over layers."""
+    calibrated = len(STEER_AT.get(site, STEER_AT["mlp"]))
+    if n_steered <= calibrated:
+        return None
+    return (f"{n_steered} layers steered, each with the whole lambda (it is per layer and adds up); the default steers "
+            f"{calibrated} at {site} (on 30 tuning concepts, six residual layers at lambda 35 raised the steered text's "
+            "NLL from 1.49 to 3.48 nats/token): if the text breaks, lower --lambda or steer fewer layers")
+
+
 def default_layers(fitted: list[int], n_layers: int, site: str = "mlp") -> list[int]:
     """The fitted layers inside the site's :data:`STEER_DEPTH` of the model, one per :data:`STEER_AT` depth (the one
     nearest to it, earlier on a tie); when none is inside, the fitted layer nearest to that window."""
@@ -232,5 +242,6 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     mult = {lam: {layer: lam * m for layer, m in per_unit.items()} for lam in sweep if lam}
     return SteerOutcome(query, subject, site, sorted(vectors), not cfg.layers, cfg.unit, lam_source, chat, prompts,
                         out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, rnd,
-                        resid_advice(subject, site, n_layers) if cfg.site is None else None,
+                        " ".join(n for n in (resid_advice(subject, site, n_layers) if cfg.site is None else None,
+                                             many_layers_note(len(vectors), site)) if n) or None,
                         [layer for layer in fitted if layer not in vectors] if not cfg.layers else [])
