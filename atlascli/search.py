@@ -107,8 +107,9 @@ def _text_via_labels(text: str, q: torch.Tensor, atlas: Atlas, top_features: int
                              f"closest coherent: {closest}; or pass --include-incoherent")
         raise InputError(f"no atlas label matches {text!r} above similarity {threshold}",
                          f"closest: {closest}; lower --threshold, or use --features / --examples")
-    return ConceptQuery(chosen, [float(sims[i]) for i in chosen], "text (labels)",
-                        [_match(atlas, i, float(sims[i])) for i in chosen])
+    matches = [_match(atlas, i, float(sims[i])) for i in chosen]
+    return ConceptQuery(chosen, [float(sims[i]) for i in chosen], "text (labels)", matches,
+                        note=coverage_note(text, atlas, [m["label"] for m in matches]))
 
 
 Csr = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

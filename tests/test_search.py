@@ -149,6 +149,8 @@ def test_text_via_labels_skips_incoherent_features_and_says_so(aligned):
     q = query_from_text("dog", atlas, route="labels", threshold=-1.0, top_features=3)
     assert q.source == "text (labels)" and len(q.features) == 3
     assert all(bool(atlas.coherent[i]) for i in q.features)
+    zebra = query_from_text("zebras", atlas, route="labels", threshold=-1.0, top_features=3)  # no label says it
+    assert zebra.note is not None and zebra.note.startswith("no atlas feature is labelled 'zebras'")
     with pytest.raises(InputError, match="matches only incoherent|no atlas label matches"):
         query_from_text("dog", atlas, route="labels", threshold=0.99)
     with pytest.raises(InputError, match="unknown text route"):
