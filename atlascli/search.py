@@ -225,8 +225,8 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str], corpus: list[s
         unseen = [w for w in missing if not any(w in sentence or stem(w) in sentence for sentence in lowered)]
         if unseen:
             return (f"{' / '.join(repr(w) for w in unseen)} occurs in none of the atlas's {len(corpus):,} labelling "
-                    "sentences (a typo?): the examples found are only the nearest by embedding and may be unrelated; "
-                    "check them, or give --examples / --features")
+                    "sentences: the examples found are only the nearest by embedding and may be unrelated (check the "
+                    "spelling and the examples, or give --examples / --features)")
     related = ", ".join(dict.fromkeys(lab.split(":")[0].split(" (")[0] for lab in leaning_on[:4]))
     return (f"no atlas feature is labelled {' / '.join(repr(w) for w in missing)}: the query leans on related "
             f"concepts ({related}); an atlas with such a feature (a wider or imported one) will be more specific")
