@@ -240,8 +240,8 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
         rnd = steer_sweep(lm, site, random_like(vectors, cfg.seed), [x for x in sweep if x], prompts, gen,
                           per_unit).generations
     mult = {lam: {layer: lam * m for layer, m in per_unit.items()} for lam in sweep if lam}
+    notes = [resid_advice(subject, site, n_layers) if cfg.site is None else None, many_layers_note(len(vectors), site)]
+    left_out = [layer for layer in fitted if layer not in vectors] if not cfg.layers else []
     return SteerOutcome(query, subject, site, sorted(vectors), not cfg.layers, cfg.unit, lam_source, chat, prompts,
                         out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, rnd,
-                        " ".join(n for n in (resid_advice(subject, site, n_layers) if cfg.site is None else None,
-                                             many_layers_note(len(vectors), site)) if n) or None,
-                        [layer for layer in fitted if layer not in vectors] if not cfg.layers else [])
+                        " ".join(n for n in notes if n) or None, left_out)

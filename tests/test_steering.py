@@ -195,6 +195,9 @@ def test_steer_prefers_the_residual_stream_and_search_the_neurons(aligned, tiny_
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["site"] == "resid" and out["layers"] == [1] and out["layers_default"]
     assert out["fitted_not_steered"] == [2, 3]  # fitted, outside the default depth: said, not steered
+    assert out["note"] is None
+    assert out["multipliers"]["35.0"]["1"] * out["vector_norms"]["1"] == pytest.approx(
+        35.0 / norm_reference("resid") * out["site_norms"]["1"], rel=1e-5)
     assert main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "2"]) == 0
     assert "also fitted: 2, 3, left out: lambda adds up" in " ".join(capsys.readouterr().out.split())
     # asked for more layers than the default's depths: steered, with a note that lambda adds up over them
@@ -203,9 +206,6 @@ def test_steer_prefers_the_residual_stream_and_search_the_neurons(aligned, tiny_
     out3 = json.loads(capsys.readouterr().out)
     assert out3["layers"] == [1, 2, 3] and out3["fitted_not_steered"] == []
     assert out3["note"].startswith("3 layers steered, each with the whole lambda")
-    assert out["note"] is None
-    assert out["multipliers"]["35.0"]["1"] * out["vector_norms"]["1"] == pytest.approx(
-        35.0 / norm_reference("resid") * out["site_norms"]["1"], rel=1e-5)
     code = main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--site", "mlp", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["site"] == "mlp" and out["layers"] == [2]
@@ -219,7 +219,7 @@ def test_default_layers_steer_one_fitted_layer_per_calibrated_depth():
     """Lambda is per layer, so the default never steers more layers than it was calibrated with: on a 30-layer model,
     residual fits at 5-10 steer 6 and 9 (not all six), neuron fits at every layer steer 3, 12, 19, 25; fewer fits
     than depths steer them all; none in the window steers the nearest one."""
-    from atlascli.steer_run import default_layers
+    from atlascli.steer_run import default_layers, many_layers_note
 
     assert default_layers(list(range(5, 11)), 30, "resid") == [6, 9]
     assert default_layers(list(range(30)), 30, "resid") == [6, 9]
@@ -231,8 +231,6 @@ def test_default_layers_steer_one_fitted_layer_per_calibrated_depth():
     assert default_layers([20, 25], 30, "resid") == [20]  # none inside: the nearest to the window
     assert default_layers([], 30, "resid") == []
     assert default_layers(list(range(24)), 24, "mlp") == [3, 10, 15, 20]  # same depths, 24 layers (2 < 10% of 24)
-    from atlascli.steer_run import many_layers_note
-
     assert many_layers_note(2, "resid") is None and many_layers_note(4, "mlp") is None
     note = many_layers_note(6, "resid")
     assert note is not None and note.startswith("6 layers steered") and "the default steers 2 at resid" in note
