@@ -142,6 +142,9 @@ def test_read_bad_input_and_truncation(tiny_models, capsys) -> None:
     with pytest.raises(NotFoundError, match=r"layer 3 \(fitted layers: 2\)") as exc:
         read_text(ReadConfig("The dog.", layers=(3,)))
     assert "atlas fit" in str(exc.value.hint)
+    with pytest.raises(InputError, match=r"layer 7 is out of range for .* \(4 layers\)") as exc:
+        read_text(ReadConfig("The dog.", layers=(7,)))  # not an `atlas fit` that cannot succeed
+    assert exc.value.hint == "valid layers are 0..3"
     long = "The dog and the cat met today. " * 60  # > 256 tokens: the tiny model's context
     res = read_text(ReadConfig(long, layers=(2,)))
     assert res.truncated and res.n_tokens == 256 and "only the first 256" in res.warnings[0]

@@ -81,6 +81,10 @@ def test_bad_queries(aligned):
         query_from_features("3,x", atlas)
     with pytest.raises(NotFoundError, match="no alignment"):
         resolve_alignment(Registry(), None, "other-model", 2, "procrustes", atlas)
+    with pytest.raises(NotFoundError, match="no alignment with .*layer=3"):  # in range, not fitted: `atlas fit` helps
+        resolve_alignment(Registry(), None, None, 3, "procrustes", atlas)
+    with pytest.raises(InputError, match=r"layer 11 is out of range for .* \(4 layers\)"):  # the tiny Llama's depth
+        resolve_alignment(Registry(), None, None, 11, "procrustes", atlas)
 
 
 def test_search_cli_json_and_errors(aligned, tiny_models, capsys):

@@ -257,6 +257,7 @@ def test_steer_refuses_bad_input_before_any_model_loads(aligned, capsys, monkeyp
     monkeypatch.setattr(atlascli.models, "load_model", no_load)
     cases = {("--unit", "bogus"): "unknown lambda unit 'bogus'", ("--site", "bogus"): "unknown site 'bogus'",
              ("--method", "bogus"): "unknown method 'bogus'", ("--layers", "3"): r"fitted layers: 2",
+             ("--layers", "2,9"): r"layer 9 is out of range for .* \(4 layers\)",
              ("--subject", "nosuch"): "fitted subjects: ", ("--device", "tpu"): "unknown device 'tpu'",
              ("--concept", "dogs"): "both --concept and --features"}
     for args, message in cases.items():
