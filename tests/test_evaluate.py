@@ -226,6 +226,8 @@ def test_evaluate_cli_quality_retrieval(aligned, capsys, tmp_path):
     assert "outside the atlas" in capsys.readouterr().err
     assert main(["evaluate", "quality", "--layers", "1"]) == 2
     assert "atlas fit" in capsys.readouterr().err
+    assert main(["evaluate", "quality", "--layers", "2,8"]) == 2  # the tiny Llama has 4: no `atlas fit` to suggest
+    assert "layer 8 is out of range" in (err := capsys.readouterr().err) and "atlas fit" not in err
     assert main(["evaluate", "quality", "--methods", "all"]) == 2
     assert "fitted: {'procrustes': [2], 'cov': [2], 'corr': []" in capsys.readouterr().err
     assert main(["evaluate", "speed"]) == 2
