@@ -146,7 +146,7 @@ def test_bad_names_are_refused_with_the_valid_ones(capsys, aligned):
     assert code == 2 and "unknown artifact kind 'bogus'" in err and "alignment" in err
     code, _, err = run(capsys, "search", "--features", "3", "--method", "bogus")
     assert code == 2 and "unknown method 'bogus'" in err and "procrustes" in err
-    code, _, err = run(capsys, "search", "--features", "3", "--layer", "9")
+    code, _, err = run(capsys, "search", "--features", "3", "--layer", "3")  # in range (4 layers), not fitted
     assert code == 2 and "fitted to atlas" in err and "layers 2" in err and "[(" not in err
     code, _, err = run(capsys, "explain", "--feature", "1", "--features", "2,3")
     assert code == 2 and "both --feature and --features" in err
