@@ -144,6 +144,24 @@ def test_text_via_examples_is_the_mean_normalised_code_of_the_retrieved_sentence
     again = query_from_text(text, atlas, route="examples", n_examples=10, threshold=-1.0)
     assert first not in [m["index"] for m in again.matches] and first in again.features
     np.testing.assert_allclose(again.dense(atlas.width).numpy(), want, atol=1e-4)
+    # shown: coherent features ranked by raise x lift^2 x coherence weight^2 (numpy reference, planted coherences
+    # that reorder the list); q is unchanged
+    atlas.__dict__["frequency"] = torch.full((atlas.width,), 0.01)  # none dense (the tiny corpus makes most so)
+    rng = np.random.default_rng(3)
+    planted = rng.uniform(0.0, 0.3, atlas.width)
+    atlas.__dict__["coherence"] = torch.tensor(planted, dtype=torch.float32)
+    later = query_from_text(text, atlas, route="examples", n_examples=10, threshold=-1.0)
+    mean_ex, mean_all = dense[top].mean(0), dense.mean(0)
+    lift = np.log(np.maximum((mean_ex + 1e-3) / (mean_all + 1e-3), 1.0))
+    weight = 0.5 + 0.5 * np.clip(planted / np.quantile(planted, 0.75), 0, 1)
+    usable = atlas.coherent.numpy() & ~(atlas.frequency.nan_to_num(0.0).numpy() >= 0.25)
+    raised = np.maximum(want, 0) * lift ** 2 * usable
+    expected = [int(i) for i in np.argsort(-raised * weight ** 2, kind="stable")[:5] if raised[i] > 0]
+    unweighted = [int(i) for i in np.argsort(-raised, kind="stable")[:5] if raised[i] > 0]
+    assert expected != unweighted  # the plant reorders: the test tells the weighting from none
+    assert [m["index"] for m in later.matches] == expected
+    np.testing.assert_allclose(later.dense(atlas.width).numpy(), want, atol=1e-4)
+    del atlas.__dict__["coherence"], atlas.__dict__["frequency"]
 
 
 def test_text_via_labels_skips_incoherent_features_and_says_so(aligned):
