@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/steer.py
+	$(BIN)/python bench/steer_batch.py
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/hub.py --rounds 7
 	$(BIN)/python bench/distributed.py

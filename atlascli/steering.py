@@ -15,15 +15,25 @@ from atlascli.errors import InputError
 from atlascli.hooks import add_to_sites
 
 
-def renormalised_add(vector: torch.Tensor, lam: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The edit of eq. 4 for one site: add lam * vector, then rescale each token to its original norm."""
+def renormalised_add(vector: torch.Tensor, lam: float | torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The edit of eq. 4 for one site: add lam * vector, then rescale each token to its original norm. ``lam`` is one
+    number, or one per batch row (a [batch] tensor: several strengths in one forward pass; a row with lambda 0 comes
+    out unchanged, bit for bit)."""
     cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    rows = lam.double() if isinstance(lam, torch.Tensor) else None
 
     def edit(a: torch.Tensor) -> torch.Tensor:
         key = (a.device, a.dtype)
         lv = cache.get(key)
         if lv is None:  # lam * s once per device/dtype, not once per forward call
-            lv = cache[key] = (lam * vector.double()).to(device=a.device, dtype=a.dtype)
+            if rows is None:
+                scaled = float(lam) * vector.double()
+            elif len(rows) != a.shape[0]:
+                raise InputError(f"{len(rows)} per-row lambdas for a batch of {a.shape[0]}",
+                                 "give one lambda per row of the batch")
+            else:
+                scaled = rows.reshape(-1, *[1] * (a.dim() - 1)) * vector.double()
+            lv = cache[key] = scaled.to(device=a.device, dtype=a.dtype)
         b = a + lv
         scale = torch.linalg.vector_norm(a, dim=-1, keepdim=True) / torch.linalg.vector_norm(
             b, dim=-1, keepdim=True).clamp_min(1e-12)
@@ -34,8 +44,9 @@ def renormalised_add(vector: torch.Tensor, lam: float) -> Callable[[torch.Tensor
 
 @contextmanager
 def steering(model: nn.Module, site: str, vectors: dict[int, torch.Tensor],
-             lambdas: dict[int, float]) -> Iterator[None]:
-    """Steer ``model`` while inside the block: layer -> s_c, with a per-layer lambda."""
+             lambdas: dict[int, float] | dict[int, torch.Tensor]) -> Iterator[None]:
+    """Steer ``model`` while inside the block: layer -> s_c, with a per-layer lambda (a number, or one per batch
+    row)."""
     missing = set(vectors) - set(lambdas)
     if missing:
         raise InputError(f"no lambda for layer(s) {sorted(missing)}", "give one lambda or one per layer")
@@ -177,17 +188,30 @@ class SteerResult:
     """Whether a random direction of the same norm was used."""
 
 
+SWEEP_ROWS = 64
+"""Most generations batched together by :func:`steer_sweep` (lambdas x prompts)."""
+
+
 def steer_sweep(lm: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: list[float], prompts: list[str],
                 cfg: GenerationConfig, layer_scale: dict[int, float] | None = None) -> SteerResult:
-    """Generate for every lambda of a sweep (lambda 0 runs without hooks)."""
+    """Generate for every lambda of a sweep: one batch holds a row per lambda and prompt (up to :data:`SWEEP_ROWS`),
+    each row steered at its own lambda (lambda 0: unchanged). Decoding one token costs about the same for a few rows
+    as for one, so the unsteered and steered columns of `atlas steer` come in one pass."""
     out: dict[float, list[str]] = {}
-    for lam in lambdas:
-        if lam == 0:
-            out[lam] = generate(lm, prompts, cfg)
-            continue
-        per_layer = {layer: lam * (layer_scale or {}).get(layer, 1.0) for layer in vectors}
-        with steering(lm.model, site, vectors, per_layer):
-            out[lam] = generate(lm, prompts, cfg)
+    lams = list(dict.fromkeys(lambdas))
+    group = max(1, SWEEP_ROWS // max(len(prompts), 1))
+    for i in range(0, len(lams), group):
+        chunk = lams[i:i + group]
+        rows = torch.tensor([lam for lam in chunk for _ in prompts], dtype=torch.float64)
+        texts = [p for _ in chunk for p in prompts]
+        if not rows.any():
+            gens = generate(lm, texts, cfg)
+        else:
+            per_layer = {layer: rows * (layer_scale or {}).get(layer, 1.0) for layer in vectors}
+            with steering(lm.model, site, vectors, per_layer):
+                gens = generate(lm, texts, cfg)
+        for j, lam in enumerate(chunk):
+            out[lam] = gens[j * len(prompts):(j + 1) * len(prompts)]
     return SteerResult(prompts, out, sorted(vectors), {k: float(v.norm()) for k, v in vectors.items()})
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -33,6 +34,15 @@ def test_eq4_matches_numpy():
     ref = b * np.linalg.norm(a, axis=-1, keepdims=True) / np.linalg.norm(b, axis=-1, keepdims=True)
     np.testing.assert_allclose(got, ref, rtol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(a, axis=-1), rtol=1e-12)
+    # one lambda per batch row: each row as the numpy reference at its own lambda; lambda 0 leaves a row bit for bit
+    lams = np.array([0.0, 2.5, -4.0])
+    rows = renormalised_add(torch.from_numpy(s), torch.from_numpy(lams))(torch.from_numpy(a)).numpy()
+    b = a + lams[:, None, None] * s
+    ref = b * np.linalg.norm(a, axis=-1, keepdims=True) / np.linalg.norm(b, axis=-1, keepdims=True)
+    np.testing.assert_allclose(rows, ref, rtol=1e-12)
+    assert np.array_equal(rows[0], a[0])
+    with pytest.raises(InputError, match="2 per-row lambdas for a batch of 3"):
+        renormalised_add(torch.from_numpy(s), torch.tensor([1.0, 2.0]))(torch.from_numpy(a))
 
 
 @pytest.mark.parametrize("site,width", [("mlp", 48), ("resid", 32)])
@@ -81,7 +91,7 @@ def test_random_baseline_keeps_norms():
         assert abs(float(torch.nn.functional.cosine_similarity(r1[layer], vec[layer], dim=0))) < 0.9
 
 
-def test_generation_and_sweep(tiny_models):
+def test_generation_and_sweep(tiny_models, monkeypatch):
     lm = load_model(str(tiny_models["llama"]))
     cfg = GenerationConfig(max_new_tokens=6)
     a = generate(lm, ["The dog", "A cat sat on"], cfg)
@@ -90,6 +100,17 @@ def test_generation_and_sweep(tiny_models):
     res = steer_sweep(lm, "mlp", {1: v, 2: v}, [0.0, 50.0], ["The dog"], cfg)
     assert res.generations[0.0] == generate(lm, ["The dog"], cfg)
     assert set(res.generations) == {0.0, 50.0} and res.layers == [1, 2]
+    # the sweep batches lambdas x prompts (and chunks past SWEEP_ROWS): each row as if generated on its own
+    prompts, lams = ["The dog", "A cat sat on"], [0.0, -30.0, 50.0]
+    alone = {0.0: generate(lm, prompts, cfg)}
+    for lam in lams[1:]:
+        with steering(lm.model, "mlp", {1: v, 2: v}, {1: lam, 2: lam}):
+            alone[lam] = generate(lm, prompts, cfg)
+    assert alone[50.0] != alone[0.0]  # steering changes the text: the comparison can fail
+    assert steer_sweep(lm, "mlp", {1: v, 2: v}, lams, prompts, cfg).generations == alone
+    module = importlib.import_module("atlascli.steering")  # (the package's `steering` is the API function)
+    monkeypatch.setattr(module, "SWEEP_ROWS", 3)  # one lambda per batch
+    assert steer_sweep(lm, "mlp", {1: v, 2: v}, lams, prompts, cfg).generations == alone
     with pytest.raises(InputError, match="empty prompt"):
         generate(lm, [""], cfg)
 
