@@ -41,10 +41,12 @@ def main() -> None:
         norms = site_norms(lm, "resid", layers, prompts)
         per_unit = {layer: norms[layer] / (35.0 / 0.17) for layer in layers}  # the norm unit at the residual stream
 
-        def batched() -> dict[float, list[str]]:
+        def batched(lams: list[float] = lams, prompts: list[str] = prompts,
+                    per_unit: dict[int, float] = per_unit) -> dict[float, list[str]]:
             return steer_sweep(lm, "resid", vectors, lams, prompts, cfg, per_unit).generations
 
-        def per_lambda() -> dict[float, list[str]]:
+        def per_lambda(lams: list[float] = lams, prompts: list[str] = prompts,
+                       per_unit: dict[int, float] = per_unit) -> dict[float, list[str]]:
             out = {}
             for lam in lams:
                 if lam == 0:
