@@ -237,16 +237,19 @@ def test_evaluate_cli_quality_retrieval(aligned, capsys, tmp_path):
 def test_evaluate_cli_steering(aligned, capsys, tmp_path, monkeypatch):
     atlas, _ = aligned
     _save_concepts(atlas)
-    import atlascli.evaluate.faithfulness as fa
+    import importlib
 
+    sr = importlib.import_module("atlascli.steering")  # (the package exports the API's steering() under that name)
     seen: list[dict[int, torch.Tensor]] = []
-    real = fa.steering
+    rows: list[torch.Tensor] = []
+    real = sr.steering
 
-    def spy(model: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: dict[int, float]) -> Any:
+    def spy(model: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: dict[int, Any]) -> Any:
         seen.append({k: v.clone() for k, v in vectors.items()})
+        rows.append(torch.as_tensor(lambdas[2]))
         return real(model, site, vectors, lambdas)
 
-    monkeypatch.setattr(fa, "steering", spy)
+    monkeypatch.setattr(sr, "steering", spy)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The dog\nA cat sat on\n")
     args = ["evaluate", "steering", "--concepts", "dogs;music", "--prompts", str(prompts), "--lambdas", "-30,0,30",
@@ -267,11 +270,13 @@ def test_evaluate_cli_steering(aligned, capsys, tmp_path, monkeypatch):
     assert st["prompt_format"].startswith("raw continuations") and st["chat_template"] is False
     rnd = st["cells"]["random"]["2"]
     assert rnd["n_draws"] == 3 and len(rnd["draws"]) == 3 and rnd["faithfulness_std"] is not None
-    assert len(seen) == 2 * 2 + 2 * 2 * 3  # (procrustes + 3 random draws) x 2 concepts x 2 lambdas
-    random_vecs = [v[2] for v in seen[4:]][::2]  # one per (draw, concept), lambda -30
+    # one batch per concept and cell: (procrustes + 3 random draws) x 2 concepts, both lambdas in each batch
+    assert len(seen) == 2 + 2 * 3
+    for r in rows:  # a row per (lambda, prompt): -30 for both prompts, then 30; the same direction for both lambdas
+        assert len(r) == 4 and float(r[0]) < 0 and torch.allclose(r[:2], -r[2:]) and torch.equal(r[0], r[1])
+    random_vecs = [v[2] for v in seen[2:]]  # one per (draw, concept)
     assert len(random_vecs) == 6
     assert all(not torch.allclose(a, b) for i, a in enumerate(random_vecs) for b in random_vecs[i + 1 :])
-    assert torch.allclose(seen[4][2], seen[5][2])  # the same direction across the lambdas of one concept and draw
     from atlascli.cli.cmd_evaluate import render
 
     render(SimpleNamespace(quality={}, retrieval={}, steering=st, layers=[2], methods=["procrustes"]))
@@ -424,24 +429,25 @@ def test_evaluate_steering_in_the_norm_unit_of_atlas_steer(aligned, capsys, tmp_
     _save_concepts(atlas)
     import importlib
 
-    import atlascli.evaluate.faithfulness as fa
     from atlascli.steering import norm_reference
 
     sr = importlib.import_module("atlascli.steering")  # (the package exports the API's steering() under that name)
 
     added: list[tuple[int, float]] = []
-    real_steering, real_norms = fa.steering, sr.site_norms
+    real_steering, real_norms = sr.steering, sr.site_norms
     norms: dict[int, float] = {}
 
-    def spy(model: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: dict[int, float]) -> Any:
-        added.extend((layer, float(lambdas[layer] * v.norm())) for layer, v in vectors.items())
+    def spy(model: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: dict[int, Any]) -> Any:
+        for layer, v in vectors.items():  # one row: lambda 30, the one prompt
+            (row,) = torch.as_tensor(lambdas[layer]).tolist()
+            added.append((layer, row * float(v.norm())))
         return real_steering(model, site, vectors, lambdas)
 
     def spy_norms(*args: Any, **kwargs: Any) -> dict[int, float]:
         norms.update(real_norms(*args, **kwargs))
         return norms
 
-    monkeypatch.setattr(fa, "steering", spy)
+    monkeypatch.setattr(sr, "steering", spy)
     monkeypatch.setattr(sr, "site_norms", spy_norms)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The dog\n")

@@ -18,7 +18,7 @@ from atlascli.judges import Judge
 from atlascli.metrics import best_lambda, concept_rate, faithfulness
 from atlascli.registry import Artifact
 from atlascli.search import ConceptQuery, subject_similarity
-from atlascli.steering import GenerationConfig, absolute_lambdas, generate, steering
+from atlascli.steering import GenerationConfig, absolute_lambdas, generate, steer_sweep
 
 SEED_PROMPTS = ["Once upon a time", "I just started", "The candidate", "Section 1", "Documents", "The capital of",
                 "Let me tell you a joke", " ", "French cuisine", "do_sample=False", "Would you like to know",
@@ -142,11 +142,10 @@ class SteeringEval:
             base_rate, _, unrated = concept_rate(base_ratings)
             rates = {0.0: base_rate}
             texts_by_lam: dict[float, list[str]] = {0.0: base_texts}
+            per_unit = absolute_lambdas(vecs, 1.0, self.unit, self.norms, self.site)  # both units are linear in lambda
+            steered = steer_sweep(self.lm, self.site, vecs, lams, self.prompts, self.gen, per_unit).generations
             for lam in lams:
-                per_layer = absolute_lambdas(vecs, lam, self.unit, self.norms, self.site)
-                with steering(self.lm.model, self.site, vecs, per_layer):
-                    texts = generate(self.lm, self.prompts, self.gen)
-                texts_by_lam[lam] = texts
+                texts = texts_by_lam[lam] = steered[lam]
                 rate, _, miss = concept_rate(self.judge.rate(name, texts))
                 rates[lam] = rate
                 unrated += miss
