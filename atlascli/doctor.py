@@ -46,7 +46,7 @@ class Report:
 def _versions(rep: Report) -> None:
     vers: dict[str, str | None] = {}
     for pkg in ("atlascli", "torch", "transformers", "sae-lens", "huggingface-hub", "sentence-transformers", "nltk",
-                "safetensors", "typer", "rich"):
+                "snowballstemmer", "safetensors", "typer", "rich"):
         try:
             vers[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
