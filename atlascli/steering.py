@@ -195,8 +195,9 @@ SWEEP_ROWS = 64
 def steer_sweep(lm: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: list[float], prompts: list[str],
                 cfg: GenerationConfig, layer_scale: dict[int, float] | None = None) -> SteerResult:
     """Generate for every lambda of a sweep: one batch holds a row per lambda and prompt (up to :data:`SWEEP_ROWS`),
-    each row steered at its own lambda (lambda 0: unchanged). Decoding one token costs about the same for a few rows
-    as for one, so the unsteered and steered columns of `atlas steer` come in one pass."""
+    each row steered at its own lambda (lambda 0: unchanged). Decoding is bound by reading the weights, so a pass
+    over several rows costs far less than a pass per row (bench/steer_batch.py: 3.9x for 5 lambdas, 1.2x for the
+    unsteered and steered columns of `atlas steer`), and greedy texts are the same either way."""
     out: dict[float, list[str]] = {}
     lams = list(dict.fromkeys(lambdas))
     group = max(1, SWEEP_ROWS // max(len(prompts), 1))
