@@ -71,6 +71,10 @@ LABEL_THRESHOLD = 0.25
 """Default minimum similarity of the query to a (centred) feature embedding."""
 EXAMPLE_THRESHOLD = 0.2
 """Default minimum similarity of the query to a retrieved example sentence."""
+RARE_SENTENCES = 3
+"""A query word that labels no feature and occurs in at most this many labelling sentences is called rare in the
+coverage note (the demo's 10,000: 'robots' 1, 'chess' 2, 'dragons' 3; 'london' 7, 'japan' 8 keep the related-concepts
+note)."""
 DENSE_FREQUENCY = 0.25
 """Features active on at least this share of all labelling sentences are not shown as what a query from examples
 matched (they say how the examples are written, not what about: 45 of the demo atlas's 4,096 are above 0.3)."""
@@ -229,14 +233,21 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str], corpus: list[s
     missing = [w for w in asked if not known(w)]
     if not missing:
         return None
+    related = ", ".join(dict.fromkeys(lab.split(":")[0].split(" (")[0] for lab in leaning_on[:4]))
     if corpus:
         lowered = [sentence.lower() for sentence in corpus]
-        unseen = [w for w in missing if not any(w in sentence or stem(w) in sentence for sentence in lowered)]
+        counts = {w: sum(w in sentence or stem(w) in sentence for sentence in lowered) for w in missing}
+        unseen = [w for w in missing if counts[w] == 0]
         if unseen:
             return (f"{' / '.join(repr(w) for w in unseen)} occurs in none of the atlas's {len(corpus):,} labelling "
                     "sentences: the examples found are only the nearest by embedding and may be unrelated (check the "
                     "spelling and the examples, or give --examples / --features)")
-    related = ", ".join(dict.fromkeys(lab.split(":")[0].split(" (")[0] for lab in leaning_on[:4]))
+        rare = [w for w in missing if counts[w] <= RARE_SENTENCES]
+        if rare:
+            return (" / ".join(f"{w!r} occurs in only {counts[w]}" for w in rare) + f" of the atlas's {len(corpus):,} "
+                    f"labelling sentences and labels no coherent feature: most examples found are only near it by embedding, "
+                    f"and the query leans on {related} (check the examples, or give --examples with sentences about "
+                    "it)")
     return (f"no atlas feature is labelled {' / '.join(repr(w) for w in missing)}: the query leans on related "
             f"concepts ({related}); an atlas with such a feature (a wider or imported one) will be more specific")
 

@@ -226,13 +226,16 @@ def test_coverage_note_names_query_words_no_coherent_feature_is_labelled_with():
     assert note is not None and "'penguins'" in note and "volcanoes" not in note.split(":")[0]
     assert coverage_note("ports", atlas, labels) is None and coverage_note("portraits", atlas, labels) is not None
     # with the labelling sentences: a word none of them contains is named as such, not as "leaning on" concepts
-    corpus = ["He lived in London for years.", "Penguins and a Pirate ship.", "The city of Oslo."]
+    corpus = [f"He lived in London for {n} years." for n in range(4)] + ["Penguins and a Pirate ship.",
+                                                                         "The city of Oslo."]
     note = coverage_note("London", atlas, labels[:2], corpus)
-    assert note is not None and "leans on related concepts" in note  # in the corpus, just not a feature
+    assert note is not None and "leans on related concepts" in note  # in 4 sentences, just not a feature
     for query in ("xyzzy", "xyzzy city"):  # 'xyzzy' stems to 'xyzzi': both forms are looked for
         note = coverage_note(query, atlas, labels[:2], corpus)
-        assert note is not None and note.startswith("'xyzzy' occurs in none of the atlas's 3 labelling"), note
-    assert "occurs in none" not in (coverage_note("pirates", atlas, labels[:2], corpus) or "")  # stem 'pirat'
+        assert note is not None and note.startswith("'xyzzy' occurs in none of the atlas's 6 labelling"), note
+    note = coverage_note("pirates", atlas, labels[:2], corpus) or ""  # stem 'pirat': one sentence
+    assert note.startswith("'pirates' occurs in only 1 of the atlas's 6 labelling sentences") and "city" in note
+    assert "occurs in only" in (coverage_note("London", atlas, labels[:2], corpus[3:]) or "")  # 1 London sentence
     assert coverage_note("city", atlas, labels[:2], corpus) is None
 
 
