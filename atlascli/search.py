@@ -210,8 +210,8 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str], corpus: list[s
     """A note when some content word of ``text`` labels no coherent atlas feature (e.g. "london" in an atlas with
     features for cities and for Britain but none for London): the query is then approximated by related concepts,
     and the user should know. With ``corpus`` (the labelling sentences), words that none of them contains (a typo,
-    a made-up word: "xyzzy") are named as such: the examples found for them are only the nearest by embedding. None
-    when every word is covered."""
+    a made-up word: "xyzzy") are named as such: the examples found for them are only the nearest by embedding; words
+    in at most :data:`RARE_SENTENCES` of them are named with their count. None when every word is covered."""
     import snowballstemmer  # the Snowball project's own (12 ms to import; nltk's pulls in scipy: 1.5 s a search)
 
     from atlascli.atlas.labels import stop_words, words
@@ -245,8 +245,8 @@ def coverage_note(text: str, atlas: Atlas, leaning_on: list[str], corpus: list[s
         rare = [w for w in missing if counts[w] <= RARE_SENTENCES]
         if rare:
             return (" / ".join(f"{w!r} occurs in only {counts[w]}" for w in rare) + f" of the atlas's {len(corpus):,} "
-                    f"labelling sentences and labels no coherent feature: most examples found are only near it by embedding, "
-                    f"and the query leans on {related} (check the examples, or give --examples with sentences about "
+                    "labelling sentences and labels no coherent feature: most examples found are only near it by "
+                    f"embedding, and the query leans on {related} (check the examples, or give --examples with sentences about "
                     "it)")
     return (f"no atlas feature is labelled {' / '.join(repr(w) for w in missing)}: the query leans on related "
             f"concepts ({related}); an atlas with such a feature (a wider or imported one) will be more specific")
