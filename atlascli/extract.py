@@ -15,7 +15,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from atlascli.activations import Activations, Shard, check_coverage, find_covering, shard_name
 from atlascli.corpus import load_split, resolve_dataset
 from atlascli.distributed import world
-from atlascli.errors import CorruptArtifactError, InputError, NotFoundError
+from atlascli.errors import AtlasError, CorruptArtifactError, InputError
 from atlascli.hooks import record_sites, run_until
 from atlascli.models import LoadedModel, check_layer, load_model, model_card
 from atlascli.registry import Artifact, Registry, slug
@@ -91,17 +90,20 @@ def default_site(sae: str | None, registry: Registry | None = None) -> str:
     it was trained on; with another SAE (a sae-lens folder or release), its ``hook_name`` when the folder says it,
     else ``resid`` (where most published SAEs read); without an SAE, ``mlp``, what ``atlas fit`` reads by default,
     so that an extraction made first is the one the fit reuses."""
+    from atlascli.saes import resolve_sae_ref
+
     if not sae:
         return "mlp"
     try:
-        return str((registry or Registry()).get(sae, "atlas").provenance.get("site", "resid"))
-    except NotFoundError:
-        pass  # a sae-lens folder or release
-    cfg_file = Path(sae).expanduser() / "cfg.json"
+        found = resolve_sae_ref(sae, registry)
+    except AtlasError:
+        return "resid"  # the plan reports an unresolvable reference with its own message
+    if found.atlas is not None:
+        return str(found.atlas.provenance.get("site", "resid"))
     hook = ""
-    if cfg_file.is_file():
+    if found.folder is not None:
         try:
-            hook = str(json.loads(cfg_file.read_text()).get("hook_name") or "")
+            hook = str(json.loads((found.folder / "cfg.json").read_text()).get("hook_name") or "")
         except (OSError, ValueError):
             pass  # the plan reports an unreadable folder with its own message
     if hook.endswith(("hook_mlp_out", "mlp.hook_out")):

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from atlascli.errors import InputError, NotFoundError
+from atlascli.errors import InputError
 from atlascli.preflight import (
     ModelInfo,
     check_disk,
@@ -246,26 +246,17 @@ def extract_seconds(registry: Registry, info: ModelInfo, n: int, deepest: int, d
 
 def _sae_for_plan(cfg: ExtractConfig, info: ModelInfo, registry: Registry) -> tuple[dict[str, Any] | None, int | None]:
     """(provenance as extract would record it, SAE width) of ``cfg.sae``, checked against the model's site."""
-    from pathlib import Path
+    from atlascli.saes import resolve_sae_ref
 
     if cfg.sae is None:
         return None, None
     if len(cfg.layers) != 1:
         raise InputError("--sae works with exactly one layer", "pass the SAE's layer alone to --layers")
-    path = Path(cfg.sae).expanduser()
-    atlas: Artifact | None = None
-    if path.is_dir():
-        if not (path / "cfg.json").exists():
-            raise NotFoundError(f"{path} is not a sae-lens SAE folder (no cfg.json)", "point at a saved SAE")
-        prov: dict[str, Any] = {"sae": str(path.resolve()), "sae_source": "local"}
-    else:
-        try:
-            atlas = registry.get(cfg.sae, "atlas")
-        except NotFoundError:
-            if ":" in cfg.sae:
-                return {"sae": cfg.sae, "sae_source": "sae-lens-release"}, None
-            raise InputError(f"cannot resolve SAE {cfg.sae!r}", "give a sae-lens folder, an atlas id or RELEASE:SAE_ID") from None
-        path, prov = atlas.path / "sae", {"sae": atlas.id, "sae_source": "atlas"}
+    found = resolve_sae_ref(cfg.sae, registry)
+    if found.folder is None:  # a sae-lens release: its shape is known once downloaded
+        return found.provenance, None
+    path, atlas, prov = found.folder, found.atlas, found.provenance
+    if atlas is not None:
         p = atlas.provenance
         if int(p["layer"]) != cfg.layers[0] or p["site"] != cfg.site:
             raise InputError(f"atlas {atlas.id} reads layer {p['layer']} ({p['site']}), not layer {cfg.layers[0]} "

@@ -3,12 +3,15 @@ registry as it was; plans list what is reused and the work left."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import sys
 from pathlib import Path
 
 import pytest
 
+import atlascli
 from atlascli.cli.main import main
 from atlascli.extract import ExtractConfig, extract
 from atlascli.plan import plan_extract
@@ -32,6 +35,12 @@ def snapshot(home: Path) -> list[str]:
 def no_models(monkeypatch):
     """Record (and refuse) every model load and every forward hook."""
     calls: list[str] = []
+    # every atlascli module imported first: one imported while the patch is on would keep the fake `load_model` it
+    # bound by `from atlascli.models import load_model` after the patch is undone (seen when test_plan runs before
+    # test_cli's first atlas build)
+    for info in pkgutil.walk_packages(atlascli.__path__, "atlascli."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
 
     def loader(*args, **kwargs):
         calls.append(f"load_model{args[:1]}")
