@@ -224,27 +224,28 @@ def check_layers(info: ModelInfo, layers: tuple[int, ...] | list[int], site: str
     check_site(site)
     if not layers:
         raise InputError("no layers given", "pass --layers, e.g. --layers 3,12")
+    check_depth(info, layers)
+
+
+def check_depth(info: ModelInfo, layers: tuple[int, ...] | list[int]) -> None:
+    """Every layer within the model's depth."""
     for layer in layers:
         if not 0 <= layer < info.n_layers:
             raise InputError(f"layer {layer} is out of range for {info.name} ({info.n_layers} layers)",
                              f"valid layers are 0..{info.n_layers - 1}")
 
 
-def layers_beyond(subject: str | None, layers: list[int] | tuple[int, ...]) -> InputError | None:
-    """The error for asked layers that ``subject`` does not have, when its depth can be read without loading it
-    (zoo, .gguf, local folder, cached hub config); None when every layer is in range or the depth is unknown. Used
-    where a missing alignment would otherwise be answered with an `atlas fit` that cannot succeed."""
+def check_subject_depth(subject: str | None, layers: list[int] | tuple[int, ...]) -> None:
+    """:func:`check_depth` for ``subject`` when its depth can be read without loading it (zoo, .gguf, local folder,
+    cached hub config); silent when it cannot. Called where a missing alignment would otherwise be answered with an
+    `atlas fit` that cannot succeed."""
     if not subject or not layers:
-        return None
+        return
     try:
         info = probe_model(subject)
     except Exception:  # noqa: BLE001 - an unknown depth is not this check's error
-        return None
-    bad = [layer for layer in layers if not 0 <= layer < info.n_layers]
-    if not bad:
-        return None
-    return InputError(f"layer {bad[0]} is out of range for {subject} ({info.n_layers} layers)",
-                      f"valid layers are 0..{info.n_layers - 1}")
+        return
+    check_depth(info, layers)
 
 
 def check_runtime(device: str, dtype: str) -> None:

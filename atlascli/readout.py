@@ -86,10 +86,9 @@ def find_alignments(registry: Registry, layers: list[int] | None, subject: str |
         return [by_layer[k] for k in sorted(by_layer)]
     missing = [k for k in layers if k not in by_layer]
     if missing:
-        from atlascli.preflight import layers_beyond
+        from atlascli.preflight import check_subject_depth
 
-        if (beyond := layers_beyond(subject, missing)) is not None:
-            raise beyond
+        check_subject_depth(subject, missing)
         raise NotFoundError(f"no {method} alignment of {subject} at layer {', '.join(map(str, missing))} "
                             f"(fitted layers: {', '.join(map(str, sorted(by_layer)))})",
                             f"fit it with {_fit_hint(subject, missing[0], method)}")

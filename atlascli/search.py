@@ -328,12 +328,11 @@ def resolve_alignment(registry: Registry, alignment: str | None = None, subject:
             subj = subject or found[-1].provenance["subject"]
             _, found = choose_site([a for a in found if a.provenance["subject"] == subj], site, FEATURE_SITES)
         if not found:
-            from atlascli.preflight import layers_beyond
+            from atlascli.preflight import check_subject_depth
 
-            known = registry.find("alignment", **{k: v for k, v in match.items() if k != "layer"})
-            subj = subject or (known[-1].provenance["subject"] if known else None)
-            if layer is not None and (beyond := layers_beyond(subj, [layer])) is not None:
-                raise beyond
+            if layer is not None:
+                known = registry.find("alignment", **{k: v for k, v in match.items() if k != "layer"})
+                check_subject_depth(subject or (known[-1].provenance["subject"] if known else None), [layer])
             what = ", ".join(f"{k}={v}" for k, v in match.items() if k != "atlas")
             to = f" to atlas {atlas.id}" if atlas is not None else ""
             fitted = fitted_summary(registry.find("alignment", atlas=atlas.weights_id) if atlas is not None

@@ -185,10 +185,9 @@ def check_steer(cfg: SteerConfig, atlas: Any, registry: Registry) -> tuple[str, 
     subject, site, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method, cfg.site)
     missing = [layer for layer in cfg.layers if layer not in fitted]
     if missing:
-        from atlascli.preflight import layers_beyond
+        from atlascli.preflight import check_subject_depth
 
-        if (beyond := layers_beyond(subject, missing)) is not None:
-            raise beyond
+        check_subject_depth(subject, missing)
         raise InputError(f"layer(s) {missing} of {subject} have no {cfg.method} alignment at {site} "
                          f"(fitted layers: {', '.join(map(str, fitted))})",
                          f"steer fitted layers, or run `atlas fit --subject {subject} --site {site} "

@@ -25,7 +25,7 @@ def main() -> None:
     import torch
 
     from atlascli.models import load_model
-    from atlascli.steering import GenerationConfig, generate, site_norms, steer_sweep, steering
+    from atlascli.steering import GenerationConfig, absolute_lambdas, generate, site_norms, steer_sweep, steering
 
     lm = load_model("smollm2-135m-instruct")
     layers = [6, 9]
@@ -39,7 +39,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     for name, (lams, prompts) in cases.items():
         norms = site_norms(lm, "resid", layers, prompts)
-        per_unit = {layer: norms[layer] / (35.0 / 0.17) for layer in layers}  # the norm unit at the residual stream
+        per_unit = absolute_lambdas(vectors, 1.0, "norm", norms, "resid")  # `atlas steer`'s unit, as it computes it
 
         def batched(lams: list[float] = lams, prompts: list[str] = prompts,
                     per_unit: dict[int, float] = per_unit) -> dict[float, list[str]]:

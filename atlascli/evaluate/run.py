@@ -10,7 +10,7 @@ from typing import Any
 from atlascli.atlas import Atlas, resolve_atlas
 from atlascli.errors import InputError
 from atlascli.evaluate.data import TestData, load_test_data
-from atlascli.preflight import layers_beyond
+from atlascli.preflight import check_subject_depth
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import atomic_write_json, sha256_json
 from atlascli.translate import parse_methods
@@ -154,8 +154,7 @@ def select_alignments(registry: Registry, atlas: Atlas, subject: str | None, lay
                          "fit some with `atlas fit --layers 3,12,19 --method all`")
     subject = subject or found[-1].provenance["subject"]
     _, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, FEATURE_SITES)
-    if layers and (beyond := layers_beyond(subject, sorted(layers))) is not None:
-        raise beyond
+    check_subject_depth(subject, sorted(layers or ()))
     table: dict[str, dict[int, Artifact]] = {m: {} for m in (methods or METHODS)}
     for a in found:
         p = a.provenance
