@@ -123,7 +123,7 @@ def steering(model: Any, concept: str | None = None, *, features: str | None = N
     from atlascli.registry import Registry
     from atlascli.search import query_from_features, query_from_text
     from atlascli.steer_run import default_layers, fitted_layers
-    from atlascli.steering import absolute_lambdas, concept_vectors, site_norms
+    from atlascli.steering import absolute_lambdas, site_norms, steer_vectors
     from atlascli.steering import steering as steer_ctx
 
     reg = Registry()
@@ -144,7 +144,7 @@ def steering(model: Any, concept: str | None = None, *, features: str | None = N
     param = next(model.parameters())
     lm = LoadedModel(subject, model, tokenizer, "in-memory", param.device, param.dtype)
     chosen = list(layers) if layers else default_layers(fitted, lm.n_layers, site)
-    vectors, _ = concept_vectors(query, reg, at, subject, chosen, method, site)
+    vectors, _, _ = steer_vectors(query, reg, at, subject, chosen, method, site, device=str(param.device))
     for layer, v in vectors.items():
         width = lm.width(site, layer)
         if width != v.shape[0]:

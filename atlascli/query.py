@@ -26,6 +26,8 @@ class ConceptQuery:
     note: str | None = None
     """What the user should know about how well the atlas covers the query (e.g. words no feature is labelled
     with), or None."""
+    text: str | None = None
+    """For a text query: the text (a word-aligned steering query also reads its words in the examples)."""
 
     def dense(self, width: int) -> torch.Tensor:
         """The query as a dense vector over ``width`` atlas features."""

@@ -58,9 +58,10 @@ def find_alignments(registry: Registry, layers: list[int] | None, subject: str |
             raise InputError(f"alignment {art.id} is of layer {art.provenance['layer']}, not {layers}",
                              "drop --layer or pick another alignment")
         return [art]
+    from atlascli.sites import sentence_pooled
     from atlascli.translate import check_method
 
-    cands = registry.find("alignment", method=check_method(method))
+    cands = sentence_pooled(registry.find("alignment", method=check_method(method)))
     if atlas is not None:
         atlas_id = resolve_atlas_id(atlas, registry)
         cands = [a for a in cands if a.provenance.get("atlas") == atlas_id]

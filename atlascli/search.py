@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,10 +61,12 @@ def query_from_text(text: str, atlas: Atlas, top_features: int = 5, threshold: f
         route = "examples" if atlas.has_examples else "labels"
     q = embed_query(text, embedder or atlas.artifact.provenance.get("embedder", "minilm-l6"))
     if route == "examples":
-        return _text_via_examples(text, q, atlas, n_examples, top_features,
-                                  EXAMPLE_THRESHOLD if threshold is None else threshold)
-    return _text_via_labels(text, q, atlas, top_features, LABEL_THRESHOLD if threshold is None else threshold,
-                            include_incoherent)
+        out = _text_via_examples(text, q, atlas, n_examples, top_features,
+                                 EXAMPLE_THRESHOLD if threshold is None else threshold)
+    else:
+        out = _text_via_labels(text, q, atlas, top_features, LABEL_THRESHOLD if threshold is None else threshold,
+                               include_incoherent)
+    return replace(out, text=text)
 
 
 LABEL_THRESHOLD = 0.25
@@ -309,7 +311,7 @@ def resolve_alignment(registry: Registry, alignment: str | None = None, subject:
                       site: str | None = None) -> Artifact:
     """The named alignment, else the most recent one matching subject / layer / method / atlas at ``site`` (default:
     the first fitted of :data:`atlascli.sites.FEATURE_SITES`, MLP neurons before the residual stream)."""
-    from atlascli.sites import FEATURE_SITES, choose_site, fitted_summary
+    from atlascli.sites import FEATURE_SITES, choose_site, fitted_summary, sentence_pooled
     from atlascli.translate import check_method
 
     if alignment:
@@ -323,7 +325,7 @@ def resolve_alignment(registry: Registry, alignment: str | None = None, subject:
             match["layer"] = layer
         if atlas is not None:
             match["atlas"] = atlas.weights_id
-        found = registry.find("alignment", **match)
+        found = sentence_pooled(registry.find("alignment", **match))
         if found:
             subj = subject or found[-1].provenance["subject"]
             _, found = choose_site([a for a in found if a.provenance["subject"] == subj], site, FEATURE_SITES)

@@ -22,6 +22,18 @@ supervised ones from the corpus sentences naming London, did not make the model 
 a residual direction from the same sentences did."""
 
 
+def is_word_pooled(alignment: Any) -> bool:
+    """Whether an alignment was fitted on word-aligned tokens (:mod:`atlascli.wordfit`, ``pooling: word``) rather than
+    on the paper's max-pooled sentences."""
+    return str(alignment.provenance.get("pooling", "max")) == "word"
+
+
+def sentence_pooled(alignments: list[Any]) -> list[Any]:
+    """The alignments fitted on max-pooled sentences: what search, explain, read and evaluate rank sentences with
+    (a word-aligned T is for steering; it is used there only when named with ``--alignment``)."""
+    return [a for a in alignments if not is_word_pooled(a)]
+
+
 def choose_site(alignments: list[Any], site: str | None, prefer: tuple[str, ...]) -> tuple[str, list[Any]]:
     """The site to use among ``alignments`` (``site`` when given, else the first of ``prefer`` that is fitted) and the
     alignments at that site, oldest first as given."""

@@ -55,6 +55,9 @@ class SteerConfig:
     """Translation method."""
     site: str | None = None
     """Steered site; None = the steering site among those fitted (:data:`atlascli.sites.STEER_SITES`)."""
+    pooling: str = "auto"
+    """Which alignments steer (:data:`atlascli.steering.POOLINGS`): by default the word-aligned T at each layer that
+    has one (``atlas fit --pooling word``), else the max-pooled one."""
     random: bool = False
     """Also steer along a random direction of the same norm, at the same strengths (baseline)."""
     chat: bool | None = None
@@ -76,9 +79,10 @@ class SteerConfig:
 
     def __post_init__(self) -> None:
         from atlascli.models import _dtype, check_site, resolve_device
-        from atlascli.steering import check_unit
+        from atlascli.steering import check_pooling, check_unit
         from atlascli.translate import check_method
 
+        check_pooling(self.pooling)
         check_unit(self.unit)
         check_method(self.method)
         if self.site is not None:
@@ -129,6 +133,19 @@ class SteerOutcome:
     """Advice shown with the result (e.g. how to fit the residual stream when only neurons are fitted)."""
     not_steered: list[int] = field(default_factory=list)
     """With default layers: the layers fitted at the site that the default left out (see :data:`STEER_AT`)."""
+    pooling: str = "max"
+    """What the steered layers' alignments were fitted on: ``word``, ``max`` or ``mixed``."""
+    word_hits: int | None = None
+    """At word-aligned layers with a text query: how many words of the examples matched the text (0: the query
+    joined every word of the examples instead); None otherwise."""
+
+
+def pooling_of(alignments: list[Any]) -> str:
+    """``word``, ``max`` or ``mixed``: what the steered alignments were fitted on."""
+    from atlascli.sites import is_word_pooled
+
+    kinds = {"word" if is_word_pooled(a) else "max" for a in alignments}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def resid_advice(subject: str, site: str, n_layers: int) -> str | None:
@@ -170,19 +187,19 @@ def default_layers(fitted: list[int], n_layers: int, site: str = "mlp") -> list[
 
 
 def fitted_layers(registry: Registry, atlas: Any, subject: str | None, method: str,
-                  site: str | None = None) -> tuple[str, str, list[int]]:
+                  site: str | None = None, pooling: str = "auto") -> tuple[str, str, list[int]]:
     """The subject (given or latest), the steering site (given, else the first of
     :data:`atlascli.sites.STEER_SITES` that is fitted) and the layers with a ``method`` alignment to ``atlas`` there."""
     from atlascli.steering import steering_alignments
 
-    subject, site, found = steering_alignments(registry, atlas, subject, method, site)
+    subject, site, found = steering_alignments(registry, atlas, subject, method, site, pooling)
     return subject, site, sorted({int(a.provenance["layer"]) for a in found})
 
 
 def check_steer(cfg: SteerConfig, atlas: Any, registry: Registry) -> tuple[str, str, list[int]]:
     """What can be checked before any model loads: the subject, site and method have alignments to ``atlas`` and the
     asked layers are fitted. Returns the subject, site and fitted layers."""
-    subject, site, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method, cfg.site)
+    subject, site, fitted = fitted_layers(registry, atlas, cfg.subject, cfg.method, cfg.site, cfg.pooling)
     missing = [layer for layer in cfg.layers if layer not in fitted]
     if missing:
         from atlascli.preflight import check_subject_depth
@@ -202,10 +219,10 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     from atlascli.steering import (
         GenerationConfig,
         absolute_lambdas,
-        concept_vectors,
         random_like,
         site_norms,
         steer_sweep,
+        steer_vectors,
         steering_alignments,
     )
 
@@ -222,14 +239,15 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
             paper = builtin_lambda(concept_name, atlas)
         lams, lam_source = ([paper], "paper Table 6") if paper is not None else ([DEFAULT_LAMBDA], "default")
     if lm is None:  # the subject at the revision the alignments it will steer were fitted on
-        found = steering_alignments(registry, atlas, subject, cfg.method, site)[2]
+        found = steering_alignments(registry, atlas, subject, cfg.method, site, cfg.pooling)[2]
         newest = {int(a.provenance["layer"]): a for a in found}  # (what concept_vectors takes per layer)
         steered = [newest[layer] for layer in cfg.layers if layer in newest] or [found[-1]]
         lm = load_pinned(subject, one_revision(steered), f"alignment {steered[-1].id}", cfg.device, cfg.dtype,
                          cfg.trust_remote_code)
     n_layers = int(lm.n_layers)
     layers = list(cfg.layers) or default_layers(fitted, n_layers, site)
-    vectors, arts = concept_vectors(query, registry, atlas, subject, layers, cfg.method, site)
+    vectors, arts, word_hits = steer_vectors(query, registry, atlas, subject, layers, cfg.method, site, cfg.pooling,
+                                             str(lm.device))
     check_fitted_on(lm, arts)
     chat = bool(getattr(lm.tokenizer, "chat_template", None)) if cfg.chat is None else cfg.chat
     prompts = list(prompts) or [DEFAULT_PROMPTS["chat" if chat else "raw"]]
@@ -247,4 +265,4 @@ def run_steer(query: ConceptQuery, prompts: list[str], cfg: SteerConfig, atlas: 
     left_out = [layer for layer in fitted if layer not in vectors] if not cfg.layers else []
     return SteerOutcome(query, subject, site, sorted(vectors), not cfg.layers, cfg.unit, lam_source, chat, prompts,
                         out, mult, {k: float(v.norm()) for k, v in vectors.items()}, norms, rnd,
-                        " ".join(n for n in notes if n) or None, left_out)
+                        " ".join(n for n in notes if n) or None, left_out, pooling_of(arts), word_hits)

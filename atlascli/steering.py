@@ -216,10 +216,33 @@ def steer_sweep(lm: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: l
     return SteerResult(prompts, out, sorted(vectors), {k: float(v.norm()) for k, v in vectors.items()})
 
 
+POOLINGS = ("auto", "word", "max")
+"""Which alignments steer: ``word`` the word-aligned ones (:mod:`atlascli.wordfit`), ``max`` the paper's max-pooled
+ones, ``auto`` the word-aligned one at each layer that has it, else the max-pooled one."""
+
+
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of :data:`POOLINGS`."""
+    if pooling not in POOLINGS:
+        raise InputError(f"unknown pooling {pooling!r}", f"use one of {', '.join(POOLINGS)}")
+    return pooling
+
+
+def by_pooling(alignments: list[Any], pooling: str) -> list[Any]:
+    """``alignments`` (oldest first) restricted to ``pooling``; for ``auto``, the max-pooled ones first, so that where a
+    layer has both, the word-aligned one comes last (and the newest per layer is what steers)."""
+    from atlascli.sites import is_word_pooled
+
+    word = [a for a in alignments if is_word_pooled(a)]
+    sentence = [a for a in alignments if not is_word_pooled(a)]
+    return {"word": word, "max": sentence}.get(check_pooling(pooling), sentence + word)
+
+
 def steering_alignments(registry: Any, atlas: Any, subject: str | None, method: str,
-                        site: str | None = None) -> tuple[str, str, list[Any]]:
+                        site: str | None = None, pooling: str = "auto") -> tuple[str, str, list[Any]]:
     """The subject (given or latest), the steering site (given, else the first of
-    :data:`atlascli.sites.STEER_SITES` that is fitted) and its ``method`` alignments to ``atlas`` there, oldest first."""
+    :data:`atlascli.sites.STEER_SITES` that is fitted) and its ``method`` alignments to ``atlas`` there with ``pooling``
+    (:func:`by_pooling`), oldest first."""
     from atlascli.sites import STEER_SITES, choose_site
 
     found = [a for a in registry.find("alignment", method=method, atlas=atlas.weights_id)
@@ -232,16 +255,43 @@ def steering_alignments(registry: Any, atlas: Any, subject: str | None, method: 
                          f"fit one with `atlas fit --subject {subject or 'MODEL'} --method {method} --layers ...`")
     subject = subject or found[-1].provenance["subject"]
     site, found = choose_site([a for a in found if a.provenance["subject"] == subject], site, STEER_SITES)
-    return subject, site, found
+    chosen = by_pooling(found, pooling)
+    if not chosen:
+        raise InputError(f"no {pooling}-pooled {method} alignment of {subject} at {site} to atlas {atlas.id}",
+                         f"fit one with `atlas fit --subject {subject} --site {site} --pooling {pooling} --layers ...`"
+                         " or pass --pooling auto")
+    return subject, site, chosen
+
+
+def steer_vectors(query: Any, registry: Any, atlas: Any, subject: str | None, layers: list[int] | None,
+                  method: str = "procrustes", site: str | None = None, pooling: str = "auto",
+                  device: str = "cpu") -> tuple[dict[int, torch.Tensor], list[Any], int | None]:
+    """:func:`concept_vectors`, where a word-aligned layer steers along the text query joined with its words in the
+    examples (:func:`atlascli.wordfit.hybrid_query`). Returns the vectors, the alignments and how many example words
+    matched the text (None when no layer is word-aligned or the query has no text and examples)."""
+    from atlascli.sites import is_word_pooled
+    from atlascli.translate import StoredTranslation
+    from atlascli.wordfit import hybrid_query
+
+    vectors, arts = concept_vectors(query, registry, atlas, subject, layers, method, site, pooling)
+    joined = hybrid_query(query, atlas, arts, device)
+    if joined is None:
+        return vectors, arts, None
+    q, hits = joined
+    for a in arts:
+        if is_word_pooled(a):
+            vectors[int(a.provenance["layer"])] = StoredTranslation.from_artifact(a).similarity_dense(q)
+    return vectors, arts, hits
 
 
 def concept_vectors(query: Any, registry: Any, atlas: Any, subject: str | None, layers: list[int] | None,
-                    method: str = "procrustes", site: str | None = None) -> tuple[dict[int, torch.Tensor], list[Any]]:
+                    method: str = "procrustes", site: str | None = None,
+                    pooling: str = "auto") -> tuple[dict[int, torch.Tensor], list[Any]]:
     """s_c = T_hat q / |q| at each layer, from that layer's alignment (all fitted layers by default) at ``site``
-    (default: the steering site among those fitted, :data:`atlascli.sites.STEER_SITES`)."""
+    (default: the steering site among those fitted, :data:`atlascli.sites.STEER_SITES`) with ``pooling``."""
     from atlascli.search import subject_similarity
 
-    subject, site, found = steering_alignments(registry, atlas, subject, method, site)
+    subject, site, found = steering_alignments(registry, atlas, subject, method, site, pooling)
     by_layer: dict[int, Any] = {}
     for a in found:
         by_layer[int(a.provenance["layer"])] = a  # the newest wins

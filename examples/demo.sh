@@ -3,7 +3,7 @@
 # (.cache/atlas-home, which every `atlas` command run inside this checkout then finds by itself):
 # corpus -> Concept Atlas (Gemma 3 270M layer 12 + a TopK SAE trained here, labelled offline)
 # -> translations of SmolLM2-135M-Instruct (MLP neurons, layers 3, 12, 19, 25; all five methods; and its residual
-#    stream at layers 6 and 9, where steering works: see atlascli/sites.py)
+#    stream at layers 6 and 9, where steering works: see atlascli/sites.py; there also word-aligned, which steer)
 # -> the user's examples: `atlas search "secrets"`, `atlas steer --concept london --lambda 35`
 # -> translation quality and retrieval of every method (the paper's Tables 3 and 4, on a smaller test set).
 # A second run reuses every artifact.
@@ -15,6 +15,7 @@ N=${ATLAS_DEMO_SENTENCES:-10000}      # atlas and fit sentences (the atlas's lab
 TEST=${ATLAS_DEMO_TEST:-1500}         # held-out test sentences for the evaluation tables (the paper: 50% of 1M)
 RESID=$(( N < 6000 ? N : 6000 ))      # sentences of the residual-stream fits that steering uses (the first of the N,
                                       # so the atlas codes are reused)
+WORDS=${ATLAS_DEMO_WORD_SENTENCES:-4000}  # sentences of the word-aligned fits steering prefers (atlascli/wordfit.py)
 DTYPE=${ATLAS_DEMO_DTYPE:-bfloat16}   # forward passes of both models (2.2x faster than float32 on this CPU's
                                       # AVX-512 BF16; pooled activations agree with float32 at cosine 0.999)
 step() { printf '\n\033[1m== %s\033[0m  (%dm%02ds since the demo started)\n' "$*" $((SECONDS / 60)) $((SECONDS % 60)); }
@@ -28,6 +29,8 @@ step "translations of SmolLM2-135M-Instruct"
 $atlas fit --subject smollm2-135m-instruct --layers 3,12,19,25 --site mlp --method all --limit "$N" --dtype "$DTYPE"
 step "residual-stream translations for steering (layers 6, 9; $RESID sentences)"
 $atlas fit --subject smollm2-135m-instruct --layers 6,9 --site resid --limit "$RESID" --dtype "$DTYPE"
+step "word-aligned residual translations for steering (layers 6, 9; $WORDS sentences, about 50,000 token pairs)"
+$atlas fit --subject smollm2-135m-instruct --layers 6,9 --site resid --pooling word --limit "$WORDS"
 step "subject activations of $TEST held-out test sentences (examples for search/explain, evaluation)"
 $atlas extract --model smollm2-135m-instruct --layers 3,12,19,25 --site mlp --split test --limit "$TEST" --dtype "$DTYPE"
 step "search: atlas search \"secrets\""

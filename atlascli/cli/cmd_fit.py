@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from atlascli.cli.common import REVISION_HELP, TRUST_HELP, console, emit_json, err, parse_ints, staged_bars
+from atlascli.errors import InputError
 
 
 def fit_cmd(
@@ -26,6 +27,9 @@ def fit_cmd(
     batch_tokens: int = typer.Option(2048, min=1, help="Token budget per extraction batch (raise it on a GPU)."),
     revision: str | None = typer.Option(None, help=REVISION_HELP),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
+    pooling: str = typer.Option("max", help="max: the paper's max-pooled sentences; word: token pairs where both "
+                                            "tokenizers end a word (steering prefers these; procrustes only; "
+                                            "--limit defaults to 4000 sentences)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
@@ -34,6 +38,12 @@ def fit_cmd(
     from atlascli.cli.plan_view import dry_run as show_dry_run
     from atlascli.fit import FitConfig, fit
 
+    if pooling == "word":
+        _fit_words(subject, parse_ints(layer, "layers"), site, atlas, method, dataset, limit, device, dtype, revision,
+                   trust_remote_code, json_out, dry_run)
+        return
+    if pooling != "max":
+        raise InputError(f"unknown pooling {pooling!r}", "use --pooling max (the paper's) or --pooling word")
     cfg = FitConfig(subject=subject, layers=parse_ints(layer, "layers"), site=site, atlas=atlas, methods=method,
                     dataset=dataset, limit=limit, ridge=ridge, k=k, device=device, dtype=dtype, shard_size=shard_size,
                     batch_tokens=batch_tokens, revision=revision, trust_remote_code=trust_remote_code)
@@ -61,4 +71,33 @@ def fit_cmd(
         check = f"{h['explained']:.3f} ({h['random']:.3f})" if "explained" in h else h.get("skipped", "-")
         table.add_row(a.id, p["method"], str(p["layer"]), "x".join(map(str, p["shape"])), f"{p['n']:,}",
                       f"[bold red]{check}[/]" if h.get("flagged") else check)
+    console.print(table)
+
+
+def _fit_words(subject: str, layers: tuple[int, ...], site: str, atlas: str | None, method: str, dataset: str,
+               limit: int | None, device: str, dtype: str, revision: str | None, trust_remote_code: bool,
+               json_out: bool, dry_run: bool) -> None:
+    """`atlas fit --pooling word`: one word-aligned Procrustes T per layer (atlascli/wordfit.py)."""
+    from atlascli.wordfit import WordFitConfig, fit_words
+
+    if method != "procrustes":
+        raise InputError(f"--pooling word fits procrustes only, not {method!r}", "drop --method, or use --pooling max")
+    if dry_run:
+        raise InputError("--dry-run plans max-pooled fits only", "drop --dry-run (a word fit of 4000 sentences takes "
+                         "about 5 minutes on 2 CPU cores and resumes where it stopped)")
+    cfg = WordFitConfig(subject=subject, layers=layers, site=site, atlas=atlas, dataset=dataset,
+                        limit=limit or WordFitConfig.limit, device=device, dtype=dtype, revision=revision,
+                        trust_remote_code=trust_remote_code)
+    with staged_bars(json_out) as progress:
+        arts = fit_words(cfg, progress=progress)
+    if json_out:
+        emit_json({"alignments": [{"id": a.id, "provenance": a.provenance, "meta": a.meta} for a in arts]})
+        return
+    table = Table(title="word-aligned alignments (steering uses them at these layers)")
+    for col in ("id", "method", "layer", "shape", "sentences", "token pairs"):
+        table.add_column(col)
+    for a in arts:
+        p = a.provenance
+        table.add_row(a.id, p["method"], str(p["layer"]), "x".join(map(str, p["shape"])), f"{p['n']:,}",
+                      f"{p['pairs']:,}")
     console.print(table)

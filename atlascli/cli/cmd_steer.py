@@ -10,6 +10,9 @@ from rich.table import Table
 from atlascli.cli.common import TRUST_HELP, console, emit_json, err, parse_floats, parse_ints, read_prompts
 from atlascli.errors import InputError
 
+POOLING_TEXT = {"word": ", word-aligned", "mixed": ", word-aligned where fitted"}
+"""How the header names the alignments that steered (nothing for the paper's max-pooled ones)."""
+
 
 def steer_cmd(
     concept: str | None = typer.Option(None, "--concept", "-c", help="Named concept or text query."),
@@ -28,6 +31,8 @@ def steer_cmd(
     method: str = typer.Option("procrustes", help="Translation method."),
     site: str | None = typer.Option(None, help="Fitted site to steer: mlp | mlp_out | resid (default: the residual "
                                                "stream when fitted, else MLP neurons)."),
+    pooling: str = typer.Option("auto", help="Alignments to steer with: auto (word-aligned where `atlas fit --pooling "
+                                             "word` made one, else max-pooled), word, or max (the paper's)."),
     max_new_tokens: int = typer.Option(60, min=1, max=4096, help="Tokens to generate."),
     sweep: str | None = typer.Option(None, help="Several lambdas, e.g. -50,-10,0,10,50 (one column each)."),
     random_dir: bool = typer.Option(False, "--random", help="Also steer along a random direction of the same norm."),
@@ -65,7 +70,7 @@ def steer_cmd(
     if (lam is not None or sweep) and not lams:
         raise InputError("no lambda given", "e.g. --lambda 35")
     cfg = SteerConfig(lambdas=tuple(lams), unit=unit, layers=parse_ints(layers, "layers") if layers else (),
-                      subject=subject, method=method, site=site, random=random_dir, chat=chat,
+                      subject=subject, method=method, site=site, pooling=pooling, random=random_dir, chat=chat,
                       max_new_tokens=max_new_tokens,
                       sample=sample, seed=seed, default_prompt=prompts is None and not prompt, device=device,
                       dtype=dtype, trust_remote_code=trust_remote_code)
@@ -80,6 +85,7 @@ def steer_cmd(
         res = run_steer(query, plist, cfg, at, reg, concept_name=concept)
     if json_out:
         emit_json({"subject": res.subject, "site": res.site, "layers": res.layers, "layers_default": res.layers_default,
+                   "pooling": res.pooling, "word_hits": res.word_hits,
                    "fitted_not_steered": res.not_steered,
                    "method": method, "unit": res.unit, "lambda_source": res.lambda_source, "chat": res.chat,
                    "query": {"source": query.source, "matches": query.matches, "examples": query.examples,
@@ -100,9 +106,15 @@ def steer_cmd(
             f"; also fitted: {', '.join(map(str, res.not_steered))}, left out: lambda adds up over layers;"
             " --layers picks them" if res.not_steered else "") + ")"
     console.print(f"steering {res.subject} layers {res.layers}{default}"
-                  + f" at {res.site} ({method}); lambda in{unit_text}"
+                  + f" at {res.site} ({method}{POOLING_TEXT.get(res.pooling, '')}); lambda in{unit_text}"
                   + (f"; lambda from {res.lambda_source}" if res.lambda_source != "given" else "")
                   + ("; chat template" if res.chat else "; raw prompt"), highlight=False)
+    if res.word_hits is not None:
+        text = f"'{res.query.text}'" if res.query.text else "the query"
+        found = (f"{text} where it occurs in them ({res.word_hits} words)" if res.word_hits
+                 else f"every word of them ({text} occurs in none)")
+        console.print(f"[dim]word-aligned layers steer along the examples' codes joined with the codes of {found}[/]",
+                      highlight=False)
     if res.note:
         console.print(f"[dim]note: {res.note}[/]", highlight=False)
     for i, pr in enumerate(res.prompts):

@@ -144,10 +144,10 @@ def select_alignments(registry: Registry, atlas: Atlas, subject: str | None, lay
     """method -> layer -> newest alignment at one site (``site``, else the first fitted of
     :data:`atlascli.sites.FEATURE_SITES`). Explicit methods must all be fitted at every layer (the error names what is
     missing and how to fit it); by default, the layers fitted with the most methods and the methods fitted there."""
-    from atlascli.sites import FEATURE_SITES, choose_site
+    from atlascli.sites import FEATURE_SITES, choose_site, sentence_pooled
     from atlascli.translate.base import METHODS
 
-    found = [a for a in registry.find("alignment", atlas=atlas.weights_id)
+    found = [a for a in sentence_pooled(registry.find("alignment", atlas=atlas.weights_id))
              if subject is None or a.provenance["subject"] == subject]
     if not found:
         raise InputError(f"no alignment to atlas {atlas.id}" + (f" for {subject}" if subject else ""),
