@@ -34,10 +34,11 @@ def load_pinned(name: str, revision: str | None, made: str, device: str = "cpu",
     return lm
 
 
-def load_foundation(atlas: Any, device: str = "cpu", trust_remote_code: bool = False) -> LoadedModel:
+def load_foundation(atlas: Any, device: str = "cpu", trust_remote_code: bool = False,
+                    dtype: str = "float32") -> LoadedModel:
     """The foundation model of ``atlas`` (an :class:`atlascli.atlas.Atlas`) at the weights its SAE was trained on."""
     p = atlas.artifact.provenance
-    return load_pinned(str(p["foundation"]), p.get("revision"), f"atlas {atlas.id}", device,
+    return load_pinned(str(p["foundation"]), p.get("revision"), f"atlas {atlas.id}", device, dtype,
                        trust_remote_code=trust_remote_code)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from atlascli.errors import InputError
+from atlascli.extract import _pool_mask
 from atlascli.models import DEFAULTS
 from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import atomic_save_tensors, sha256_json
@@ -93,16 +94,14 @@ def shared_ends(a_offsets: list[tuple[int, int]], a_real: list[bool], b_offsets:
     return out
 
 
-def word_tokens(text: str, offsets: list[tuple[int, int]], real: list[bool], keep: Callable[[str], bool]) -> list[int]:
-    """Indices of the tokens that end each word of ``text`` (a run of letters or digits) for which ``keep(word)``:
-    the first real token whose span reaches the word's end."""
+def word_tokens(text: str, offsets: list[tuple[int, int]], real: list[bool]) -> list[tuple[str, int]]:
+    """Each word of ``text`` (a run of letters or digits) with the index of the token that ends it: the first real
+    token whose span reaches the word's end."""
     out = []
     for w in _WORD.finditer(text):
-        if not keep(w.group()):
-            continue
         for j, ((start, end), ok) in enumerate(zip(offsets, real, strict=True)):
             if ok and start < w.end() <= end:
-                out.append(j)
+                out.append((w.group(), j))
                 break
     return out
 
@@ -116,10 +115,6 @@ def encode(lm: Any, texts: list[str], max_length: int) -> dict[str, Any]:
     tok.padding_side = "right"
     return dict(tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
                     return_offsets_mapping=True, return_special_tokens_mask=True))
-
-
-def _real(enc: dict[str, Any], row: int) -> list[bool]:
-    return (enc["attention_mask"][row].bool() & ~enc["special_tokens_mask"][row].bool()).tolist()
 
 
 def _offsets(enc: dict[str, Any], row: int) -> list[tuple[int, int]]:
@@ -146,10 +141,11 @@ def atlas_token_codes(flm: Any, sae: Any, enc: dict[str, Any], layer: int, site:
 def pair_rows(texts: list[str], s_enc: dict[str, Any], s_acts: dict[int, torch.Tensor], f_enc: dict[str, Any],
               codes: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """The paired rows of one batch: subject activations per layer [P, ds] and atlas codes [P, dc]."""
+    s_real, f_real = _pool_mask(s_enc).tolist(), _pool_mask(f_enc).tolist()
     s_idx: list[tuple[int, int]] = []
     f_idx: list[tuple[int, int]] = []
     for r in range(len(texts)):
-        for i, j in shared_ends(_offsets(s_enc, r), _real(s_enc, r), _offsets(f_enc, r), _real(f_enc, r)):
+        for i, j in shared_ends(_offsets(s_enc, r), s_real[r], _offsets(f_enc, r), f_real[r]):
             s_idx.append((r, i))
             f_idx.append((r, j))
     if not s_idx:
@@ -170,7 +166,7 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
     from atlascli.atlas.build import atlas_dtype
     from atlascli.corpus import load_split, resolve_dataset
     from atlascli.models import load_model
-    from atlascli.pinned import load_pinned
+    from atlascli.pinned import load_foundation
     from atlascli.preflight import check_subject_depth
     from atlascli.saes import load_atlas_sae
     from atlascli.translate.moments import Moments
@@ -200,7 +196,7 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
                   f"{sha256_json({**prov_base, 'layer': layer})[:10]}" for layer in cfg.layers}
     if all(registry.exists(i, "alignment") for i in ids.values()):
         return [registry.get(i, "alignment") for i in ids.values()]
-    flm = load_pinned(str(ap["foundation"]), ap.get("revision"), f"atlas {atlas.id}", cfg.device, atlas_dtype(ap))
+    flm = load_foundation(atlas, cfg.device, dtype=atlas_dtype(ap))
     sae = load_atlas_sae(atlas.artifact, str(flm.device))
     stages = {layer: registry.stage("alignment", ids[layer], parents=[dataset.id, atlas.weights_id])
               for layer in cfg.layers}
@@ -234,8 +230,7 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
         return out
     finally:
         for st in stages.values():
-            if st.published is None:
-                st.release()
+            st.release()  # a no-op after commit; keeps the folder (and its checkpoint) for a rerun
 
 
 def _checkpoint(stages: dict[int, Any], moments: dict[int, Any], done: int, code_sum: torch.Tensor) -> None:
@@ -311,10 +306,12 @@ def word_query(text: str, examples: list[str], atlas: Any, mean_code: torch.Tens
         texts = examples[lo:hi]
         enc = encode(flm, texts, max_length)
         codes = atlas_token_codes(flm, sae, enc, int(p["layer"]), str(p["site"]))
+        real = _pool_mask(enc).tolist()
         for r, t in enumerate(texts):
-            offs, real = _offsets(enc, r), _real(enc, r)
-            every.extend(codes[r, j] for j in word_tokens(t, offs, real, lambda w: True))
-            hits.extend(codes[r, j] for j in word_tokens(t, offs, real, lambda w: stem(w.lower()) in wanted))
+            for word, j in word_tokens(t, _offsets(enc, r), real[r]):
+                every.append(codes[r, j])
+                if stem(word.lower()) in wanted:
+                    hits.append(codes[r, j])
     src = hits or every
     if not src:
         raise InputError("the examples hold no word", "give example sentences with words")
@@ -335,10 +332,9 @@ def hybrid_query(query: Any, atlas: Any, alignments: list[Any], device: str = "c
         return None
     if flm is None:
         from atlascli.atlas.build import atlas_dtype
-        from atlascli.pinned import load_pinned
+        from atlascli.pinned import load_foundation
 
-        p = atlas.artifact.provenance
-        flm = load_pinned(str(p["foundation"]), p.get("revision"), f"atlas {atlas.id}", device, atlas_dtype(p))
+        flm = load_foundation(atlas, device, dtype=atlas_dtype(atlas.artifact.provenance))
     q_word, hits = word_query(query.text, query.examples, atlas, mean_word_code(word[-1]), flm)
     q = query.dense(atlas.width)
     return F.normalize(q, dim=0) + F.normalize(q_word, dim=0), hits

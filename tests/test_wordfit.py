@@ -27,12 +27,12 @@ def test_shared_ends_pairs_tokens_that_end_at_the_same_character():
     assert shared_ends(a, [False, True, True, False, True], b + [(13, 13)], real + [True]) == [(2, 1), (4, 4)]
 
 
-def test_word_tokens_finds_the_token_that_ends_each_kept_word():
+def test_word_tokens_finds_the_token_that_ends_each_word():
     text = "Big London, small town"
     offsets = [(0, 0), (0, 3), (4, 7), (7, 10), (10, 11), (12, 17), (18, 22)]
     real = [False] + [True] * 6
-    assert word_tokens(text, offsets, real, lambda w: w == "London") == [3]
-    assert word_tokens(text, offsets, real, lambda w: True) == [1, 3, 5, 6]
+    assert [j for w, j in word_tokens(text, offsets, real) if w == "London"] == [3]
+    assert [j for _, j in word_tokens(text, offsets, real)] == [1, 3, 5, 6]
 
 
 def _reference(atlas, subject: str, layers: tuple[int, ...], sentences: list[str]):
