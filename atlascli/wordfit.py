@@ -4,7 +4,10 @@ The paper fits T on one max-pooled row per sentence. A steering vector is added 
 default it moved the text toward a concept's neighbourhood ("a city") more than toward the concept ("London"). Here the
 rows are tokens: the subject's activation and the atlas code of the foundation at each place where both tokenizers end
 a token at the same character (word ends, mostly), so T learns what a word is in the subject, not what a sentence
-is. Same Orthogonal Procrustes (eq. 2) on row-L2-normalised rows, streamed through
+is. Only the tokens that end a content word pair by default (not a stop word, not a number): on the embedded default,
+pairs at "the", "of", commas and word pieces were 59% of the rows and spent T's 576 dimensions on what every
+sentence shares; without them the steered text names the concept far more often (see :data:`TOKENS`). Same Orthogonal
+Procrustes (eq. 2) on row-L2-normalised rows, streamed through
 :class:`atlascli.translate.moments.Moments`; the result is an ordinary ``alignment`` artifact with
 ``pooling: word`` in its provenance, which steering prefers and search, explain, read and evaluate leave alone (they
 rank max-pooled sentences). The mean atlas code of the pairs is kept with it (``word_stats.safetensors``): a query
@@ -27,8 +30,8 @@ from atlascli.registry import Artifact, Registry, slug
 from atlascli.registry.files import atomic_save_tensors, sha256_json
 from atlascli.sites import is_word_pooled
 
-__all__ = ["WordFitConfig", "fit_words", "is_word_pooled", "mean_word_code", "shared_ends", "word_query",
-           "word_tokens"]
+__all__ = ["TOKENS", "WordFitConfig", "content_ends", "fit_words", "is_word_pooled", "mean_word_code", "shared_ends",
+           "word_query", "word_tokens"]
 
 ProgressFn = Callable[[str, int, int], None]
 """Progress callback: (stage, done, total)."""
@@ -36,6 +39,13 @@ ProgressFn = Callable[[str, int, int], None]
 CHECKPOINT = "partial.safetensors"
 """The running sums a word fit keeps in its staging folder (removed before commit): a rerun resumes from them."""
 _WORD = re.compile(r"\w+")
+TOKENS = ("content", "all")
+"""Which shared token ends become rows of a word fit. ``content``: the token that ends a content word (a word that is
+not a stop word of :func:`atlascli.atlas.labels.stop_words` and not a number), the default. ``all``: every token where
+both tokenizers end one (stop words, punctuation and word pieces too; the first version). On the embedded default
+(SmolLM2 residual layers 6 and 9, the first 4,000 training sentences: 20,520 content pairs of 50,350) and 12 design
+concepts steered on 7 prompts at lambda 35, ``content`` named the concept in 15 of 84 generations against 5, at mean
+MiniLM cosine 0.256 against 0.204 (README, steering section)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,9 @@ class WordFitConfig:
     dataset: str = "default"
     """Dataset id or name (its train split is used)."""
     limit: int = 4000
-    """Use the first N training sentences (about 12 pairs each)."""
+    """Use the first N training sentences (about 12 token pairs each, 5 of them content words)."""
+    tokens: str = "content"
+    """Which shared token ends pair: ``content`` or ``all`` (:data:`TOKENS`)."""
     batch: int = 32
     """Sentences per forward pass of both models."""
     max_length: int = 64
@@ -72,6 +84,8 @@ class WordFitConfig:
     def __post_init__(self) -> None:
         if self.limit < 2:
             raise InputError(f"limit must be at least 2 sentences, got {self.limit}", "e.g. --limit 4000")
+        if self.tokens not in TOKENS:
+            raise InputError(f"unknown token choice {self.tokens!r}", f"use one of {', '.join(TOKENS)}")
         for name in ("batch", "max_length", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}", "use a positive number")
@@ -104,6 +118,12 @@ def word_tokens(text: str, offsets: list[tuple[int, int]], real: list[bool]) -> 
                 out.append((w.group(), j))
                 break
     return out
+
+
+def content_ends(text: str, offsets: list[tuple[int, int]], real: list[bool], stops: frozenset[str]) -> set[int]:
+    """Indices of the tokens that end a content word of ``text`` (:func:`word_tokens`; not in ``stops``, lower-cased,
+    and not all digits)."""
+    return {j for w, j in word_tokens(text, offsets, real) if (lw := w.lower()) not in stops and not lw.isdigit()}
 
 
 def encode(lm: Any, texts: list[str], max_length: int) -> dict[str, Any]:
@@ -139,13 +159,18 @@ def atlas_token_codes(flm: Any, sae: Any, enc: dict[str, Any], layer: int, site:
 
 
 def pair_rows(texts: list[str], s_enc: dict[str, Any], s_acts: dict[int, torch.Tensor], f_enc: dict[str, Any],
-              codes: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """The paired rows of one batch: subject activations per layer [P, ds] and atlas codes [P, dc]."""
+              codes: torch.Tensor, stops: frozenset[str] | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """The paired rows of one batch: subject activations per layer [P, ds] and atlas codes [P, dc]; with ``stops``,
+    only the pairs at the end of a content word (:func:`content_ends`)."""
     s_real, f_real = _pool_mask(s_enc).tolist(), _pool_mask(f_enc).tolist()
     s_idx: list[tuple[int, int]] = []
     f_idx: list[tuple[int, int]] = []
-    for r in range(len(texts)):
-        for i, j in shared_ends(_offsets(s_enc, r), s_real[r], _offsets(f_enc, r), f_real[r]):
+    for r, text in enumerate(texts):
+        s_off = _offsets(s_enc, r)
+        keep = content_ends(text, s_off, s_real[r], stops) if stops is not None else None
+        for i, j in shared_ends(s_off, s_real[r], _offsets(f_enc, r), f_real[r]):
+            if keep is not None and i not in keep:
+                continue
             s_idx.append((r, i))
             f_idx.append((r, j))
     if not s_idx:
@@ -164,6 +189,7 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
     """Fit one word-aligned Procrustes T per layer (resumable; reused when identical); returns the alignments."""
     from atlascli.atlas import resolve_atlas
     from atlascli.atlas.build import atlas_dtype
+    from atlascli.atlas.labels import stop_words
     from atlascli.corpus import load_split, resolve_dataset
     from atlascli.models import load_model
     from atlascli.pinned import load_foundation
@@ -191,13 +217,14 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
                  "site": cfg.site, "atlas": atlas.weights_id, "atlas_version": atlas.artifact.manifest["created"],
                  "atlas_kind": "sae", "dataset": dataset.id,
                  "dataset_fingerprint": dataset.provenance["dataset_fingerprint"], "n": len(sentences),
-                 "normalisation": "row-l2", "max_length": cfg.max_length, "dtype": cfg.dtype}
+                 "normalisation": "row-l2", "max_length": cfg.max_length, "dtype": cfg.dtype, "tokens": cfg.tokens}
     ids = {layer: f"align-{slug(cfg.subject)}-L{layer}-{cfg.site}-procrustes-word-"
                   f"{sha256_json({**prov_base, 'layer': layer})[:10]}" for layer in cfg.layers}
     if all(registry.exists(i, "alignment") for i in ids.values()):
         return [registry.get(i, "alignment") for i in ids.values()]
     flm = load_foundation(atlas, cfg.device, dtype=atlas_dtype(ap))
     sae = load_atlas_sae(atlas.artifact, str(flm.device))
+    stops = stop_words() if cfg.tokens == "content" else None
     stages = {layer: registry.stage("alignment", ids[layer], parents=[dataset.id, atlas.weights_id])
               for layer in cfg.layers}
     try:
@@ -210,7 +237,7 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
             s_enc, f_enc = encode(lm, texts, cfg.max_length), encode(flm, texts, cfg.max_length)
             s_acts = run_sites(lm, s_enc, list(cfg.layers), cfg.site)
             codes = atlas_token_codes(flm, sae, f_enc, int(ap["layer"]), str(ap["site"]))
-            rows, c = pair_rows(texts, s_enc, s_acts, f_enc, codes)
+            rows, c = pair_rows(texts, s_enc, s_acts, f_enc, codes, stops)
             if len(c):
                 for layer in cfg.layers:
                     moments[layer].update(rows[layer], c)

@@ -12,7 +12,7 @@ import torch
 from atlascli.cli.main import main
 from atlascli.errors import InputError
 from atlascli.registry import Registry
-from atlascli.wordfit import CHECKPOINT, WordFitConfig, fit_words, is_word_pooled, shared_ends, word_tokens
+from atlascli.wordfit import CHECKPOINT, WordFitConfig, content_ends, fit_words, is_word_pooled, shared_ends, word_tokens
 
 
 def test_shared_ends_pairs_tokens_that_end_at_the_same_character():
@@ -33,11 +33,17 @@ def test_word_tokens_finds_the_token_that_ends_each_word():
     real = [False] + [True] * 6
     assert [j for w, j in word_tokens(text, offsets, real) if w == "London"] == [3]
     assert [j for _, j in word_tokens(text, offsets, real)] == [1, 3, 5, 6]
+    assert content_ends(text, offsets, real, frozenset({"big", "small"})) == {3, 6}  # stop words lower-cased
+    assert content_ends("Town 42", [(0, 0), (0, 4), (4, 7)], [False, True, True], frozenset()) == {1}  # no numbers
 
 
-def _reference(atlas, subject: str, layers: tuple[int, ...], sentences: list[str]):
+def _reference(atlas, subject: str, layers: tuple[int, ...], sentences: list[str], content: bool = True):
     """The pairs gathered one sentence at a time (no padding; both tiny models share one tokenizer, so every real
-    token after the first pairs with itself) and numpy's Procrustes of their row-normalised rows."""
+    token after the first pairs with itself; with ``content``, only the token that ends each word that is neither a
+    stop word nor a number) and numpy's Procrustes of their row-normalised rows."""
+    import re
+
+    from atlascli.atlas.labels import stop_words
     from atlascli.hooks import record_sites, run_until
     from atlascli.models import load_model
     from atlascli.saes import load_atlas_sae
@@ -47,9 +53,15 @@ def _reference(atlas, subject: str, layers: tuple[int, ...], sentences: list[str
     sae = load_atlas_sae(atlas.artifact)
     xs: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     cs = []
+    stops = stop_words()
     for s in sentences:
-        enc = lm.tokenizer(s, return_tensors="pt")
-        keep = slice(1, None)  # position 0 is <s>
+        enc = lm.tokenizer(s, return_tensors="pt", return_offsets_mapping=True)
+        offsets = enc.pop("offset_mapping")[0].tolist()
+        keep: slice | list[int] = slice(1, None)  # position 0 is <s>
+        if content:
+            keep = sorted({next(j for j, (a, b) in enumerate(offsets) if j > 0 and a < m.end() <= b)
+                           for m in re.finditer(r"\w+", s)
+                           if m.group().lower() not in stops and not m.group().isdigit()})
         with torch.inference_mode(), record_sites(lm.model, list(layers), "resid") as st:
             run_until(lm.model, **enc)
             for layer in layers:
@@ -103,6 +115,13 @@ def test_fit_words_matches_numpy_procrustes_and_resumes(aligned, tiny_models, mo
         np.testing.assert_allclose(T, ref[int(a.provenance["layer"])], atol=2e-4)
         np.testing.assert_allclose(mean_word_code(a).double().numpy(), mean_code, rtol=1e-4, atol=1e-6)
     assert [a.id for a in fit_words(cfg)] == [a.id for a in arts]  # a rerun reuses them
+    # every shared token end (the first version): more pairs, another T
+    [every] = fit_words(WordFitConfig(**{**cfg.__dict__, "layers": (2,), "tokens": "all"}))
+    ref_all, mean_all, pairs_all = _reference(atlas, subject, (2,), sentences, content=False)
+    assert every.provenance["tokens"] == "all" and every.provenance["pairs"] == pairs_all > pairs
+    np.testing.assert_allclose(StoredTranslation.from_artifact(every).load().double().numpy(), ref_all[2], atol=2e-4)
+    np.testing.assert_allclose(mean_word_code(every).double().numpy(), mean_all, rtol=1e-4, atol=1e-6)
+    assert every.id not in [a.id for a in arts]
 
 
 def test_steering_prefers_word_alignments_and_search_ignores_them(aligned, tiny_models, capsys):
@@ -140,13 +159,19 @@ def test_fit_cli_word_pooling(aligned, tiny_models, capsys):
     assert code == 0, out.err
     [row] = json.loads(out.out)["alignments"]
     assert row["provenance"]["pooling"] == "word" and row["provenance"]["n"] == 20
-    for extra, message in ((["--method", "cov"], "procrustes only"), (["--dry-run"], "max-pooled fits only")):
+    assert row["provenance"]["tokens"] == "content"
+    for extra, message in ((["--method", "cov"], "procrustes only"), (["--dry-run"], "max-pooled fits only"),
+                           (["--tokens", "some"], "unknown token choice")):
         code = main([*base, *extra])
         err = capsys.readouterr().err
         assert code != 0 and message in err and "Traceback" not in err
     code = main([*common, "--layers", "9"])
     err = capsys.readouterr().err
     assert code != 0 and "out of range" in err
+    code = main(["fit", "--subject", str(tiny_models["llama"]), "--atlas", atlas.id, "--dataset", "tiny", "--layers",
+                 "1", "--tokens", "all"])
+    err = capsys.readouterr().err
+    assert code != 0 and "add --pooling word" in err and "Traceback" not in err
     with pytest.raises(InputError, match="limit must be at least 2"):
         WordFitConfig(limit=1)
 

@@ -30,6 +30,8 @@ def fit_cmd(
     pooling: str = typer.Option("max", help="max: the paper's max-pooled sentences; word: token pairs where both "
                                             "tokenizers end a word (steering prefers these; procrustes only; "
                                             "--limit defaults to 4000 sentences)."),
+    tokens: str | None = typer.Option(None, help="With --pooling word, which tokens pair: content (those ending a word "
+                                                 "that is not a stop word or a number; the default) | all."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable output."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check every input, print the plan and its cost, exit."),
 ) -> None:
@@ -40,10 +42,12 @@ def fit_cmd(
 
     if pooling == "word":
         _fit_words(subject, parse_ints(layer, "layers"), site, atlas, method, dataset, limit, device, dtype, revision,
-                   trust_remote_code, json_out, dry_run)
+                   trust_remote_code, json_out, dry_run, tokens or "content")
         return
     if pooling != "max":
         raise InputError(f"unknown pooling {pooling!r}", "use --pooling max (the paper's) or --pooling word")
+    if tokens is not None:
+        raise InputError("--tokens chooses the token pairs of a word-aligned fit", "add --pooling word, or drop --tokens")
     cfg = FitConfig(subject=subject, layers=parse_ints(layer, "layers"), site=site, atlas=atlas, methods=method,
                     dataset=dataset, limit=limit, ridge=ridge, k=k, device=device, dtype=dtype, shard_size=shard_size,
                     batch_tokens=batch_tokens, revision=revision, trust_remote_code=trust_remote_code)
@@ -76,7 +80,7 @@ def fit_cmd(
 
 def _fit_words(subject: str, layers: tuple[int, ...], site: str, atlas: str | None, method: str, dataset: str,
                limit: int | None, device: str, dtype: str, revision: str | None, trust_remote_code: bool,
-               json_out: bool, dry_run: bool) -> None:
+               json_out: bool, dry_run: bool, tokens: str) -> None:
     """`atlas fit --pooling word`: one word-aligned Procrustes T per layer (atlascli/wordfit.py)."""
     from atlascli.wordfit import WordFitConfig, fit_words
 
@@ -87,7 +91,7 @@ def _fit_words(subject: str, layers: tuple[int, ...], site: str, atlas: str | No
                          "about 5 minutes on 2 CPU cores and resumes where it stopped)")
     cfg = WordFitConfig(subject=subject, layers=layers, site=site, atlas=atlas, dataset=dataset,
                         limit=limit or WordFitConfig.limit, device=device, dtype=dtype, revision=revision,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, tokens=tokens)
     with staged_bars(json_out) as progress:
         arts = fit_words(cfg, progress=progress)
     if json_out:
@@ -99,5 +103,5 @@ def _fit_words(subject: str, layers: tuple[int, ...], site: str, atlas: str | No
     for a in arts:
         p = a.provenance
         table.add_row(a.id, p["method"], str(p["layer"]), "x".join(map(str, p["shape"])), f"{p['n']:,}",
-                      f"{p['pairs']:,}")
+                      f"{p['pairs']:,} ({p.get('tokens', 'all')})")
     console.print(table)
