@@ -460,3 +460,41 @@ def test_evaluate_steering_in_the_norm_unit_of_atlas_steer(aligned, capsys, tmp_
         assert size == pytest.approx(30 / norm_reference("mlp") * norms[layer], rel=1e-5)
     assert main([*args[:-3], "--unit", "percent", "--json"]) == 2
     assert "unknown lambda unit 'percent'" in capsys.readouterr().err
+
+
+def test_evaluate_steering_adds_a_row_for_word_aligned_fits(aligned, tiny_models, capsys, tmp_path, monkeypatch):
+    """Where word-aligned Procrustes fits cover the evaluated layers, they are a row of their own, steered along the
+    query `atlas steer` uses with them (the text query joined with its words in the examples)."""
+    import importlib
+
+    from atlascli.search import query_from_text
+    from atlascli.translate import StoredTranslation
+    from atlascli.wordfit import WordFitConfig, fit_words, hybrid_query
+
+    atlas, _ = aligned
+    [word] = fit_words(WordFitConfig(subject=str(tiny_models["llama"]), layers=(2,), site="mlp", atlas=atlas.id,
+                                     dataset="tiny", limit=30))
+    sr = importlib.import_module("atlascli.steering")
+    seen: list[dict[int, torch.Tensor]] = []
+    real = sr.steering
+
+    def spy(model: Any, site: str, vectors: dict[int, torch.Tensor], lambdas: dict[int, Any]) -> Any:
+        seen.append({k: v.clone() for k, v in vectors.items()})
+        return real(model, site, vectors, lambdas)
+
+    monkeypatch.setattr(sr, "steering", spy)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The dog\n")
+    args = ["evaluate", "steering", "--concepts", "the dogs", "--prompts", str(prompts), "--lambdas", "0,30",
+            "--max-new-tokens", "2", "--methods", "procrustes", "--random-draws", "1", "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    st = json.loads(capsys.readouterr().out)["steering"]
+    assert list(st["cells"]) == ["procrustes", "procrustes-word", "random"] and st["word_alignments"] == {"2": word.id}
+    q = query_from_text("the dogs", atlas, top_features=5)
+    joined = hybrid_query(q, atlas, [word])
+    assert joined is not None  # the query has text and examples: the word row steers along the joined query
+    want = StoredTranslation.from_artifact(word).similarity_dense(joined[0])
+    torch.testing.assert_close(seen[1][2], want, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(seen[0][2], want, atol=1e-3)  # the max-pooled row is another direction
+    assert main([*args[:-5], "--methods", "cov", "--random-draws", "1", "--json"]) == 0
+    assert "procrustes-word" not in json.loads(capsys.readouterr().out)["steering"]["cells"]

@@ -13,12 +13,15 @@ from atlascli.cli.common import TRUST_HELP, console, emit_json, parse_floats, pa
 from atlascli.errors import InputError
 
 NAMES = {"procrustes": "Orthogonal Procrustes", "cov": "Covariance", "corr": "Cross Correlation",
-         "linreg": "Linear Regression", "semlens": "Semantic Lens", "random": "Random"}
+         "linreg": "Linear Regression", "semlens": "Semantic Lens", "random": "Random",
+         "procrustes-word": "Orthogonal Procrustes, word-aligned"}
 
 
-SHORT = {"procrustes": "OP", "cov": "Cov", "corr": "CC", "linreg": "LR", "semlens": "SL", "random": "Rnd"}
+SHORT = {"procrustes": "OP", "cov": "Cov", "corr": "CC", "linreg": "LR", "semlens": "SL", "random": "Rnd",
+         "procrustes-word": "OPw"}
 LEGEND = ("OP = Orthogonal Procrustes, Cov = Covariance, CC = Cross Correlation, LR = Linear Regression, "
-          "SL = Semantic Lens, Rnd = random direction")
+          "SL = Semantic Lens, Rnd = random direction, OPw = Procrustes fitted on word-aligned tokens (what `atlas steer` "
+          "uses where fitted)")
 
 
 def _name(m: str) -> str:

@@ -113,6 +113,7 @@ class SteeringEval:
     progress: Progress | None = None
     """(stage, done, total) callback."""
     _base: dict[str, tuple[list[str], list[int | None], np.ndarray]] = field(default_factory=dict)
+    _joined: dict[tuple[str, str], torch.Tensor | None] = field(default_factory=dict)
 
     def unsteered(self, name: str) -> tuple[list[str], list[int | None], np.ndarray]:
         """Generations, ratings and concept activations without steering (shared by every cell)."""
@@ -123,8 +124,21 @@ class SteeringEval:
         return self._base[name]
 
     def vectors(self, name: str, alignments: dict[int, Artifact]) -> dict[int, torch.Tensor]:
-        """s_c per layer for one concept."""
-        return {layer: subject_similarity(self.concepts[name], al) for layer, al in alignments.items()}
+        """s_c per layer for one concept; at a word-aligned layer along the query `atlas steer` uses there (the text
+        query joined with its words in the examples, :func:`atlascli.wordfit.hybrid_query`), when it has one."""
+        from atlascli.sites import is_word_pooled
+        from atlascli.translate import StoredTranslation
+        from atlascli.wordfit import hybrid_query
+
+        out = {}
+        for layer, al in alignments.items():
+            if is_word_pooled(al) and (name, al.id) not in self._joined:
+                joined = hybrid_query(self.concepts[name], self.atlas, [al], flm=self.foundation)
+                self._joined[name, al.id] = None if joined is None else joined[0]
+            q = self._joined.get((name, al.id))
+            out[layer] = (StoredTranslation.from_artifact(al).similarity_dense(q) if q is not None
+                          else subject_similarity(self.concepts[name], al))
+        return out
 
     def cell(self, label: str, alignments: dict[int, Artifact], random_key: tuple[object, ...] | None = None,
              generations: dict[str, dict[float, list[str]]] | None = None) -> CellResult:

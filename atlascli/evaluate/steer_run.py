@@ -109,9 +109,28 @@ def _cell_json(cell: CellResult) -> dict[str, Any]:
                          for name, s in cell.concepts.items()}}
 
 
+WORD_ROW = "procrustes-word"
+"""The row of word-aligned Procrustes fits (atlascli/wordfit.py), steered as `atlas steer` steers with them."""
+
+
+def word_alignments(registry: Registry, atlas: Atlas, subject: str, site: str, layers: list[int]) -> dict[int, Artifact]:
+    """The newest word-aligned Procrustes fit of ``subject`` at ``site`` per layer, when every one of ``layers`` has
+    one (else none: a row must cover every column)."""
+    from atlascli.sites import is_word_pooled
+
+    by_layer: dict[int, Artifact] = {}
+    for a in registry.find("alignment", method="procrustes", atlas=atlas.weights_id):  # oldest first
+        p = a.provenance
+        if is_word_pooled(a) and p["subject"] == subject and p["site"] == site:
+            by_layer[int(p["layer"])] = a
+    return {layer: by_layer[layer] for layer in layers} if all(la in by_layer for la in layers) else {}
+
+
 def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject: str,
                  table: dict[str, dict[int, Artifact]], progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
-    """method (and ``random``) -> layers label -> cell; plus the judge, prompts and examples."""
+    """method (and ``random``) -> layers label -> cell; plus the judge, prompts and examples. Where the subject has
+    word-aligned Procrustes fits at every evaluated layer and site (and procrustes is evaluated), they get a row of their
+    own (:data:`WORD_ROW`), steered along the query `atlas steer` uses with them."""
     from atlascli.steering import GenerationConfig, site_norms
 
     methods = list(table)
@@ -123,8 +142,12 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
     judge, judge_info = build_judge(cfg, names, registry, first["dataset"])
     if cfg.random_draws < 1:
         raise InputError(f"--random-draws must be >= 1, got {cfg.random_draws}", "e.g. --random-draws 3")
+    rows = dict(table)
+    word = word_alignments(registry, atlas, subject, first["site"], layers) if "procrustes" in table else {}
+    if word:
+        rows[WORD_ROW] = word
     models = pinned_models(table[methods[0]][layers[0]], atlas, cfg.device, cfg.trust_remote_code)
-    check_fitted_on(models["subject"], [a for by_layer in table.values() for a in by_layer.values()])
+    check_fitted_on(models["subject"], [a for by_layer in rows.values() for a in by_layer.values()])
     lm, foundation = models["subject"], models["foundation"]
     chat, fmt = prompt_format(lm.tokenizer, cfg.chat)
     norms = site_norms(lm, first["site"], layers, prompts, chat) if cfg.unit == "norm" else None
@@ -136,8 +159,8 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
         columns["combined"] = layers
     out: dict[str, Any] = {}
     examples: dict[str, Any] = {}
-    for method in [*methods, "random"]:
-        src = table["procrustes" if "procrustes" in table else methods[0]] if method == "random" else table[method]
+    for method in [*rows, "random"]:
+        src = table["procrustes" if "procrustes" in table else methods[0]] if method == "random" else rows[method]
         for label, cols in columns.items():
             gens: dict[str, dict[float, list[str]]] = {}
             if method == "random":
@@ -157,5 +180,6 @@ def run_steering(cfg: EvaluateConfig, registry: Registry, atlas: Atlas, subject:
             "concepts": {n: {"features": q.features, "weights": q.weights, "source": q.source} for n, q in concepts.items()},
             "prompts": prompts, "prompt_format": fmt, "chat_template": chat, "random_draws": cfg.random_draws,
             "lambdas": sorted(set(ev.lambdas)), "unit": cfg.unit,
+            "word_alignments": {str(la): a.id for la, a in word.items()},
             "site_norms": {str(k): v for k, v in (norms or {}).items()},
             "unsteered": {name: ev.unsteered(name)[0] for name in concepts}, "examples": examples}
