@@ -1,4 +1,5 @@
-"""Plans (input checks + cost) of `atlas fit`, `atlas atlas build` and `atlas evaluate`; see :mod:`atlascli.plan`."""
+"""Plans (input checks + cost) of `atlas fit` (max-pooled and word-aligned), `atlas atlas build` and `atlas evaluate`;
+see :mod:`atlascli.plan`."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from atlascli.atlas.build import AtlasBuildConfig
     from atlascli.evaluate.run import EvaluateConfig
     from atlascli.fit import FitConfig
+    from atlascli.wordfit import WordFitConfig
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -270,3 +272,52 @@ def plan_fit(cfg: FitConfig, registry: Registry | None = None) -> Plan:
     disk += sdisk + 4 * ds * atlas_width * len(cfg.layers) * len(methods)
     check_disk(registry.root, disk)
     return Plan("fit", steps, disk)
+
+
+def plan_word_fit(cfg: WordFitConfig, registry: Registry | None = None) -> Plan:
+    """Check every input of ``atlas fit --pooling word`` (subject, layers, site, SAE atlas, dataset, disk) and say what
+    it will do: both models over the sentences (once for every layer), one Procrustes per layer."""
+    from atlascli.atlas import resolve_atlas
+    from atlascli.atlas.build import atlas_dtype
+    from atlascli.corpus import resolve_dataset
+    from atlascli.sites import is_word_pooled
+
+    registry = registry or Registry()
+    check_runtime(cfg.device, cfg.dtype)
+    subject = probe_model(cfg.subject, cfg.revision, cfg.trust_remote_code)
+    check_layers(subject, cfg.layers, cfg.site)
+    atlas = resolve_atlas(cfg.atlas, registry)
+    if not atlas.artifact.files_under("sae/"):
+        raise InputError(f"atlas {atlas.id} has no SAE of its own", "word-aligned fits need an SAE atlas")
+    dataset = resolve_dataset(cfg.dataset, registry)
+    n = min(split_size(dataset, "train"), cfg.limit)
+    if n < 2:
+        raise InputError(f"dataset {dataset.id} has {n} training sentence(s)", "prepare a larger one with `atlas data prepare`")
+    want = {"subject": cfg.subject, "site": cfg.site, "atlas": atlas.weights_id, "n": n, "max_length": cfg.max_length,
+            "dtype": cfg.dtype, "dataset_fingerprint": dataset.provenance["dataset_fingerprint"]}
+    done = {int(a.provenance["layer"]) for a in registry.find("alignment", method="procrustes")
+            if is_word_pooled(a) and a.provenance.get("tokens", "all") == cfg.tokens
+            and all(a.provenance.get(k) == v for k, v in want.items())}
+    layers = ",".join(map(str, cfg.layers))
+    if all(layer in done for layer in cfg.layers):
+        return Plan("fit --pooling word", [Step("reuse", f"reuse the word-aligned alignments at layer(s) {layers}",
+                                                model=cfg.subject, layers=list(cfg.layers))])
+    ap = atlas.artifact.provenance
+    foundation = probe_model(str(ap["foundation"]))
+    s_sec, s_basis = extract_seconds(registry, subject, n, max(cfg.layers), cfg.device, dataset, None, cfg.max_length,
+                                     cfg.dtype)
+    f_sec, f_basis = extract_seconds(registry, foundation, n, int(ap["layer"]), cfg.device, dataset,
+                                     (foundation.width(str(ap["site"])), int(ap["width"])), cfg.max_length,
+                                     atlas_dtype(ap))
+    ds, dc = subject.width(cfg.site), int(ap["width"])
+    fit_s = len(cfg.layers) * (4.0 * ds * ds * dc + 8.0 * ds ** 3) / (machine_gflops(cfg.device) * 0.25 * 1e9)
+    pairs = "content-word" if cfg.tokens == "content" else "token"
+    steps = [Step("extract", f"{n:,} train sentences through {cfg.subject} L{layers} {cfg.site} and {ap['foundation']} "
+                             f"L{ap['layer']} + SAE, paired at shared {pairs} ends (~{fmt_seconds(s_sec + f_sec)}; "
+                             "resumes from its checkpoint)", sentences=n, seconds=s_sec + f_sec,
+                  basis=f"{s_basis}; {f_basis}", model=cfg.subject, layers=list(cfg.layers)),
+             Step("fit", f"Procrustes at layer(s) {layers} ({ds}x{dc})", seconds=fit_s, basis="calibrated",
+                  model=cfg.subject, layers=list(cfg.layers))]
+    disk = (4 * ds * dc + 4 * dc) * len(cfg.layers)
+    check_disk(registry.root, disk)
+    return Plan("fit --pooling word", steps, disk)

@@ -154,14 +154,25 @@ def test_fit_cli_word_pooling(aligned, tiny_models, capsys):
     common = ["fit", "--subject", str(tiny_models["llama"]), "--atlas", atlas.id, "--dataset", "tiny", "--site",
               "resid", "--pooling", "word", "--limit", "20"]
     base = [*common, "--layers", "1"]
+    code = main([*base, "--dry-run", "--json"])  # checked and planned, nothing written
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    plan = json.loads(out.out)["plan"]
+    assert [s["action"] for s in plan["steps"]] == ["extract", "fit"] and plan["steps"][0]["sentences"] == 20
+    assert not Registry().find("alignment", pooling="word")
     code = main([*base, "--json"])
     out = capsys.readouterr()
     assert code == 0, out.err
     [row] = json.loads(out.out)["alignments"]
     assert row["provenance"]["pooling"] == "word" and row["provenance"]["n"] == 20
     assert row["provenance"]["tokens"] == "content"
-    for extra, message in ((["--method", "cov"], "procrustes only"), (["--dry-run"], "max-pooled fits only"),
-                           (["--tokens", "some"], "unknown token choice")):
+    code = main([*base, "--dry-run", "--json"])
+    out = capsys.readouterr()
+    assert code == 0 and [s["action"] for s in json.loads(out.out)["plan"]["steps"]] == ["reuse"]
+    code = main([*base, "--dry-run", "--tokens", "all", "--json"])  # another fit: work to do
+    assert code == 0 and json.loads(capsys.readouterr().out)["plan"]["steps"][0]["action"] == "extract"
+    for extra, message in ((["--method", "cov"], "procrustes only"), (["--tokens", "some"], "unknown token choice"),
+                           (["--layers", "9", "--dry-run"], "out of range")):
         code = main([*base, *extra])
         err = capsys.readouterr().err
         assert code != 0 and message in err and "Traceback" not in err

@@ -86,12 +86,15 @@ def _fit_words(subject: str, layers: tuple[int, ...], site: str, atlas: str | No
 
     if method != "procrustes":
         raise InputError(f"--pooling word fits procrustes only, not {method!r}", "drop --method, or use --pooling max")
-    if dry_run:
-        raise InputError("--dry-run plans max-pooled fits only", "drop --dry-run (a word fit of 4000 sentences takes "
-                         "about 5 minutes on 2 CPU cores and resumes where it stopped)")
     cfg = WordFitConfig(subject=subject, layers=layers, site=site, atlas=atlas, dataset=dataset,
                         limit=limit or WordFitConfig.limit, device=device, dtype=dtype, revision=revision,
                         trust_remote_code=trust_remote_code, tokens=tokens)
+    if dry_run:
+        from atlascli.cli.plan_view import dry_run as show_dry_run
+        from atlascli.plan_tasks import plan_word_fit
+
+        show_dry_run(lambda: plan_word_fit(cfg), json_out)
+        return
     with staged_bars(json_out) as progress:
         arts = fit_words(cfg, progress=progress)
     if json_out:
