@@ -10,8 +10,9 @@ sentence shares; without them the steered text names the concept far more often 
 Procrustes (eq. 2) on row-L2-normalised rows, streamed through
 :class:`atlascli.translate.moments.Moments`; the result is an ordinary ``alignment`` artifact with
 ``pooling: word`` in its provenance, which steering prefers (and evaluate's steering table scores in a row of its
-own) and search, explain, read and evaluate's quality and retrieval leave alone (they rank max-pooled sentences). The mean atlas code of the pairs is kept with it (``word_stats.safetensors``): a query
-from the words of examples is their mean code minus it (:func:`word_query`).
+own) and search, explain, read and evaluate's quality and retrieval leave alone (they rank max-pooled sentences).
+The mean atlas code of the pairs is kept with it (``word_stats.safetensors``): a query from the words of examples is
+their mean code minus it (:func:`word_query`).
 """
 
 from __future__ import annotations
