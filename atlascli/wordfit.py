@@ -18,6 +18,7 @@ their mean code minus it (:func:`word_query`).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -232,6 +233,7 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
         moments = {layer: Moments(normalised=True, raw=False) for layer in cfg.layers}
         state = _resume(stages, moments)
         done, code_sum = state if state is not None else (0, None)
+        start, t0 = done, time.perf_counter()
         n_batches = 0
         for lo, hi in _batches(len(sentences), cfg.batch, done):
             texts = sentences[lo:hi]
@@ -254,7 +256,8 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
                              "check that both tokenizers give character offsets for this dataset")
         out = []
         for layer in cfg.layers:
-            out.append(_commit(stages[layer], moments[layer], code_sum, {**prov_base, "layer": layer}))
+            out.append(_commit(stages[layer], moments[layer], code_sum, {**prov_base, "layer": layer},
+                               _throughput(done - start, time.perf_counter() - t0, cfg.device)))
         return out
     finally:
         for st in stages.values():
@@ -291,7 +294,15 @@ def _resume(stages: dict[int, Any], moments: dict[int, Any]) -> tuple[int, torch
     return dones.pop(), first["code_sum"]
 
 
-def _commit(stage: Any, moments: Any, code_sum: torch.Tensor, prov: dict[str, Any]) -> Artifact:
+def _throughput(sentences: int, seconds: float, device: str) -> dict[str, Any]:
+    """Both models' passes and the pairing, as measured by this run (what `--dry-run` plans the next word fit from)."""
+    rate = sentences / seconds if sentences and seconds > 0 else None
+    return {"sentences": sentences, "seconds": round(seconds, 2), "device": device,
+            "sentences_per_second": None if rate is None else round(rate, 2)}
+
+
+def _commit(stage: Any, moments: Any, code_sum: torch.Tensor, prov: dict[str, Any],
+            throughput: dict[str, Any]) -> Artifact:
     from atlascli.translate.moments import ProcrustesFitter
 
     tr = ProcrustesFitter(moments).result()
@@ -300,7 +311,8 @@ def _commit(stage: Any, moments: Any, code_sum: torch.Tensor, prov: dict[str, An
                         {"mean_code": (code_sum / moments.n).float().contiguous()})
     (stage.path / CHECKPOINT).unlink(missing_ok=True)
     return stage.commit({**prov, "pairs": int(moments.n), "shape": list(tr.shape)},
-                        {"info": {**tr.info, "pairs": int(moments.n)}, "config": {"pooling": "word"}})
+                        {"info": {**tr.info, "pairs": int(moments.n)}, "config": {"pooling": "word"},
+                         "throughput": throughput})
 
 
 def mean_word_code(alignment: Artifact) -> torch.Tensor:

@@ -169,8 +169,10 @@ def test_fit_cli_word_pooling(aligned, tiny_models, capsys):
     code = main([*base, "--dry-run", "--json"])
     out = capsys.readouterr()
     assert code == 0 and [s["action"] for s in json.loads(out.out)["plan"]["steps"]] == ["reuse"]
-    code = main([*base, "--dry-run", "--tokens", "all", "--json"])  # another fit: work to do
-    assert code == 0 and json.loads(capsys.readouterr().out)["plan"]["steps"][0]["action"] == "extract"
+    assert row["meta"]["throughput"]["sentences"] == 20 and row["meta"]["throughput"]["sentences_per_second"] > 0
+    code = main([*base, "--dry-run", "--tokens", "all", "--json"])  # another fit: work to do, timed by the first
+    step = json.loads(capsys.readouterr().out)["plan"]["steps"][0]
+    assert code == 0 and step["action"] == "extract" and step["basis"].startswith("measured") and row["id"] in step["basis"]
     for extra, message in ((["--method", "cov"], "procrustes only"), (["--tokens", "some"], "unknown token choice"),
                            (["--layers", "9", "--dry-run"], "out of range")):
         code = main([*base, *extra])
