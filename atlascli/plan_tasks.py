@@ -281,6 +281,7 @@ def plan_word_fit(cfg: WordFitConfig, registry: Registry | None = None) -> Plan:
     from atlascli.atlas.build import atlas_dtype
     from atlascli.corpus import resolve_dataset
     from atlascli.sites import is_word_pooled
+    from atlascli.wordfit import word_settings
 
     registry = registry or Registry()
     check_runtime(cfg.device, cfg.dtype)
@@ -293,18 +294,17 @@ def plan_word_fit(cfg: WordFitConfig, registry: Registry | None = None) -> Plan:
     n = min(split_size(dataset, "train"), cfg.limit)
     if n < 2:
         raise InputError(f"dataset {dataset.id} has {n} training sentence(s)", "prepare a larger one with `atlas data prepare`")
-    want = {"subject": cfg.subject, "site": cfg.site, "atlas": atlas.weights_id, "n": n, "max_length": cfg.max_length,
-            "dtype": cfg.dtype, "dataset_fingerprint": dataset.provenance["dataset_fingerprint"]}
-    done = {int(a.provenance["layer"]) for a in registry.find("alignment", method="procrustes")
-            if is_word_pooled(a) and a.provenance.get("tokens", "all") == cfg.tokens
-            and all(a.provenance.get(k) == v for k, v in want.items())}
+    fitted = [a for a in registry.find("alignment", method="procrustes") if is_word_pooled(a)]
+    want = word_settings(cfg, atlas, dataset, n)  # what names a fit, but the subject's revision (resolved on loading)
+    done = {int(a.provenance["layer"]) for a in fitted
+            if all(a.provenance.get(k, "all" if k == "tokens" else None) == v for k, v in want.items())}
     layers = ",".join(map(str, cfg.layers))
     if all(layer in done for layer in cfg.layers):
         return Plan("fit --pooling word", [Step("reuse", f"reuse the word-aligned alignments at layer(s) {layers}",
                                                 model=cfg.subject, layers=list(cfg.layers))])
     ap = atlas.artifact.provenance
-    measured = [(a.id, t["sentences_per_second"]) for a in registry.find("alignment", method="procrustes")
-                if is_word_pooled(a) and (t := a.meta.get("throughput") or {}).get("sentences_per_second")
+    measured = [(a.id, t["sentences_per_second"]) for a in fitted
+                if (t := a.meta.get("throughput") or {}).get("sentences_per_second")
                 and t.get("device") == cfg.device and a.provenance["subject"] == cfg.subject]
     if measured:  # an earlier word fit here: both models, padding and pairing included
         rate_id, rate = measured[-1]

@@ -33,7 +33,7 @@ from atlascli.registry.files import atomic_save_tensors, sha256_json
 from atlascli.sites import is_word_pooled
 
 __all__ = ["TOKENS", "WordFitConfig", "content_ends", "fit_words", "is_word_pooled", "mean_word_code", "shared_ends",
-           "word_query", "word_tokens"]
+           "word_query", "word_settings", "word_tokens"]
 
 ProgressFn = Callable[[str, int, int], None]
 """Progress callback: (stage, done, total)."""
@@ -187,6 +187,15 @@ def _batches(n: int, size: int, start: int) -> Iterator[tuple[int, int]]:
         yield lo, min(n, lo + size)
 
 
+def word_settings(cfg: WordFitConfig, atlas: Any, dataset: Artifact, n: int) -> dict[str, Any]:
+    """The provenance of a word fit of ``n`` sentences, all but the subject's resolved revision and the layer (with
+    them, it names the fit; `--dry-run` compares it to say what would be reused)."""
+    return {"method": "procrustes", "pooling": "word", "subject": cfg.subject, "site": cfg.site,
+            "atlas": atlas.weights_id, "atlas_version": atlas.artifact.manifest["created"], "atlas_kind": "sae",
+            "dataset": dataset.id, "dataset_fingerprint": dataset.provenance["dataset_fingerprint"], "n": n,
+            "normalisation": "row-l2", "max_length": cfg.max_length, "dtype": cfg.dtype, "tokens": cfg.tokens}
+
+
 def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: ProgressFn | None = None) -> list[Artifact]:
     """Fit one word-aligned Procrustes T per layer (resumable; reused when identical); returns the alignments."""
     from atlascli.atlas import resolve_atlas
@@ -215,11 +224,7 @@ def fit_words(cfg: WordFitConfig, registry: Registry | None = None, progress: Pr
         raise InputError(f"layer {bad[0]} is out of range for {cfg.subject} ({lm.n_layers} layers)",
                          f"valid layers are 0..{int(lm.n_layers) - 1}")
     ap = atlas.artifact.provenance
-    prov_base = {"method": "procrustes", "pooling": "word", "subject": cfg.subject, "revision": lm.revision,
-                 "site": cfg.site, "atlas": atlas.weights_id, "atlas_version": atlas.artifact.manifest["created"],
-                 "atlas_kind": "sae", "dataset": dataset.id,
-                 "dataset_fingerprint": dataset.provenance["dataset_fingerprint"], "n": len(sentences),
-                 "normalisation": "row-l2", "max_length": cfg.max_length, "dtype": cfg.dtype, "tokens": cfg.tokens}
+    prov_base = {**word_settings(cfg, atlas, dataset, len(sentences)), "revision": lm.revision}
     ids = {layer: f"align-{slug(cfg.subject)}-L{layer}-{cfg.site}-procrustes-word-"
                   f"{sha256_json({**prov_base, 'layer': layer})[:10]}" for layer in cfg.layers}
     if all(registry.exists(i, "alignment") for i in ids.values()):

@@ -116,13 +116,13 @@ WORD_ROW = "procrustes-word"
 def word_alignments(registry: Registry, atlas: Atlas, subject: str, site: str, layers: list[int]) -> dict[int, Artifact]:
     """The newest word-aligned Procrustes fit of ``subject`` at ``site`` per layer, when every one of ``layers`` has
     one (else none: a row must cover every column)."""
-    from atlascli.sites import is_word_pooled
+    from atlascli.steering import steering_alignments
 
-    by_layer: dict[int, Artifact] = {}
-    for a in registry.find("alignment", method="procrustes", atlas=atlas.weights_id):  # oldest first
-        p = a.provenance
-        if is_word_pooled(a) and p["subject"] == subject and p["site"] == site:
-            by_layer[int(p["layer"])] = a
+    try:
+        _, _, found = steering_alignments(registry, atlas, subject, "procrustes", site, "word")  # oldest first
+    except InputError:  # none fitted at this site
+        return {}
+    by_layer = {int(a.provenance["layer"]): a for a in found}  # the newest wins
     return {layer: by_layer[layer] for layer in layers} if all(la in by_layer for la in layers) else {}
 
 
