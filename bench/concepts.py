@@ -10,7 +10,10 @@ random test sentences) for both; the gain of the top-5 subject features' own max
 **steering** on 6 of the paper's seed prompts (MiniLM cosine of unsteered, atlas-steered, random-direction and
 supervised-steered generations to the concept), all at the same strength in the same unit. Search runs on the fits
 `atlas search` uses (MLP neurons when fitted), steering on those `atlas steer` uses (the residual stream when fitted),
-with the supervised direction built at the same site and layers.
+with the supervised direction built at the same site and layers. The **atlas** steering direction is the one `atlas
+steer` takes (`steering.steer_vectors`, ``--pooling auto``: the word-aligned T along the text query joined with its
+words where word-aligned fits exist); where that is not the paper's max-pooled T, **atlas_max** (s = T_hat q / |q| with
+the max-pooled T) is steered too, so the two are compared in the same run.
 
 Writes bench/results/concepts.json. Needs a registry with an atlas and Procrustes fits of the subject
 (`make demo`, or ATLAS_HOME=...). Usage: python bench/concepts.py [--layers 12,19] [--no-steer] [--concepts a;b]
@@ -58,8 +61,8 @@ def main() -> None:
     from atlascli.samples import alignment_scores
     from atlascli.search import query_from_text, subject_similarity
     from atlascli.search_run import test_activations
-    from atlascli.sites import FEATURE_SITES, STEER_SITES, choose_site
-    from atlascli.steering import GenerationConfig, generate, norm_reference, site_norms, steering
+    from atlascli.sites import FEATURE_SITES, STEER_SITES, choose_site, is_word_pooled
+    from atlascli.steering import GenerationConfig, generate, norm_reference, site_norms, steer_vectors, steering
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", default="", help="search layers (default: every fitted layer)")
@@ -71,6 +74,8 @@ def main() -> None:
     ap.add_argument("--site", default="", help="site of the search fits (default: atlas search's)")
     ap.add_argument("--steer-site", default="", help="site of the steering fits (default: atlas steer's)")
     ap.add_argument("--no-steer", action="store_true")
+    ap.add_argument("--pooling", default="auto", choices=["auto", "word", "max"],
+                    help="which fits steer, as `atlas steer --pooling` (auto: word-aligned where fitted)")
     ap.add_argument("--ranking", default="standardised", choices=["standardised", "centred"],
                     help="how test sentences are ranked along a direction (as `atlas search --aligned-metric`)")
     ap.add_argument("--max-new-tokens", type=int, default=40)
@@ -82,7 +87,7 @@ def main() -> None:
     _, found = choose_site(procrustes, args.site or None, FEATURE_SITES)
     fits = {int(a.provenance["layer"]): a for a in found}
     steer_site, found = choose_site(procrustes, args.steer_site or None, STEER_SITES)
-    steer_fits = {int(a.provenance["layer"]): a for a in found}
+    steer_fits = {int(a.provenance["layer"]): a for a in found if not is_word_pooled(a)}  # the paper's T
     layers = [int(x) for x in args.layers.split(",") if x] or sorted(fits)
     subject = fits[layers[0]].provenance["subject"]
     concepts = [c for c in args.concepts.split(";") if c] or CONCEPTS
@@ -170,15 +175,19 @@ def main() -> None:
         if lm is not None:
             gens: dict[str, list[str]] = {"unsteered": unsteered}
             gen = torch.Generator().manual_seed(1000 + ci)
-            sdirs: dict[str, dict[int, Any]] = {"atlas": {}, "supervised": {}}
+            sdirs: dict[str, dict[int, Any]] = {"atlas_max": {}, "supervised": {}}
+            sdirs["atlas"], used, row["word_hits"] = steer_vectors(q, reg, atlas, subject, steer_layers, "procrustes",
+                                                                   steer_site, args.pooling)
+            row["steer_pooling"] = {str(a.provenance["layer"]): "word" if is_word_pooled(a) else "max" for a in used}
             for layer in steer_layers:
-                sdirs["atlas"][layer] = subject_similarity(q, steer_fits[layer])
+                if any(is_word_pooled(a) for a in used):
+                    sdirs["atlas_max"][layer] = subject_similarity(q, steer_fits[layer])
                 if steer_acts.get(layer) is not None:
                     fa = steer_acts[layer]
                     sdirs["supervised"][layer] = (fa[ex_idx].double().mean(0) - fa.double().mean(0)).float()
-            for name in ("atlas", "random", "supervised"):
+            for name in ("atlas", "random", "supervised", "atlas_max"):
                 src = sdirs["atlas" if name == "random" else name]
-                if any(layer not in src for layer in steer_layers):
+                if not src or any(layer not in src for layer in steer_layers):
                     continue
                 vecs = {}
                 for layer in steer_layers:
@@ -205,6 +214,7 @@ def main() -> None:
     write(args.out, {"atlas": atlas.id, "subject": subject, "layers": layers, "route": args.route, "ranking": args.ranking,
                      "site": p0["site"], "steer_site": steer_site,
                      "steer_layers": None if lm is None else steer_layers, "lambda_norm_units": args.lam,
+                     "steer_pooling": args.pooling,
                      "n_examples": args.examples, "n_test": n_test, "concepts": rows,
                      "summary": summarise(rows, layers), "seconds": round(time.perf_counter() - t0, 1)})
 
@@ -239,8 +249,11 @@ def summarise(rows: list[dict[str, Any]], layers: list[int]) -> dict[str, Any]:
             return sum(1 for x in st if name in x and x[name] >= x["unsteered"] + 0.02
                        and x[name] >= x.get("random", -1) + 0.02)
         out["steer"] = {name: round(statistics.mean(x[name] for x in st if name in x), 4)
-                        for name in ("unsteered", "atlas", "random", "supervised") if any(name in x for x in st)}
+                        for name in ("unsteered", "atlas", "random", "supervised", "atlas_max")
+                        if any(name in x for x in st)}
         out["steer"]["atlas_beats_both_by_0.02"] = wins("atlas")
+        if "atlas_max" in out["steer"]:
+            out["steer"]["atlas_max_beats_both_by_0.02"] = wins("atlas_max")
         out["steer"]["supervised_beats_both_by_0.02"] = wins("supervised")
         out["steer"]["share_atlas"] = round(wins("atlas") / len(rows), 3)
         out["steer"]["atlas_over_supervised_wins"] = round(wins("atlas") / max(wins("supervised"), 1), 3)

@@ -3,7 +3,8 @@
 `bench/concepts.py` measures whether steered text moves toward a concept (MiniLM cosine). This asks the stricter
 question a user asks of `atlas steer --concept london`: how many generations contain the concept's word. For each
 concept (``name:keyword``) and strength lambda (norm unit, the `atlas steer` default), three directions at the
-default steering site and layers: **atlas** (the text query `atlas steer` builds, s = T_hat q / |q|), **supervised**
+default steering site and layers: **atlas** (what `atlas steer` does: s = T_hat q / |q| for the text query it builds;
+at word-aligned layers, the text query joined with its words in the examples, `steering.steer_vectors`), **supervised**
 (the mean subject activation of the concept's examples, the labelling sentences most similar to it by MiniLM, minus
 that of random labelling sentences: the direction a steering-vectors / repeng user builds from labelled data, an
 upper reference for what any direction at this site can do) and **random**; plus the unsteered generations. Each
@@ -64,10 +65,10 @@ def main() -> None:
     from atlascli.steer_run import default_layers, fitted_layers
     from atlascli.steering import (
         GenerationConfig,
-        concept_vectors,
         generate,
         norm_reference,
         site_norms,
+        steer_vectors,
         steering,
     )
 
@@ -100,14 +101,17 @@ def main() -> None:
         name, key = spec.rsplit(":", 1)
         ex_idx = torch.topk(label_emb @ embed([name])[0], args.examples).indices.tolist()
         ex_acts = pooled(lm, [train[i] for i in ex_idx], layers, site)
-        atlas_vecs, _ = concept_vectors(query_from_text(name, atlas), reg, atlas, subject, layers, "procrustes", site)
+        atlas_vecs, used, hits = steer_vectors(query_from_text(name, atlas), reg, atlas, subject, layers, "procrustes",
+                                               site)
         dirs = {"atlas": atlas_vecs,
                 "supervised": {layer: ex_acts[layer].double().mean(0) - rnd_acts[layer].double().mean(0)
                                for layer in layers},
                 "random": {layer: torch.randn(v.shape, generator=gen) for layer, v in atlas_vecs.items()}}
         row: dict[str, Any] = {"concept": name, "keyword": key, "examples_with_keyword":
                                sum(key in train[i].lower() for i in ex_idx),
-                               "unsteered": sum(key in g.lower() for g in unsteered), "by_lambda": {}}
+                               "unsteered": sum(key in g.lower() for g in unsteered), "by_lambda": {},
+                               "pooling": {str(a.provenance["layer"]): a.provenance.get("pooling", "max") for a in used},
+                               "word_hits": hits}
         for lam in lams:
             cell: dict[str, Any] = {}
             for dname, vecs in dirs.items():
