@@ -3,6 +3,7 @@ at one or many layers at once; hooks always remove themselves."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,6 +142,14 @@ class GenerationConfig:
     """Seed of sampling."""
     chat: bool = True
     """Wrap prompts in the chat template when the tokenizer has one."""
+    repetition_penalty: float = 1.0
+    """CTRL's repetition penalty on tokens already in the text (transformers' ``repetition_penalty``); 1 = none, the
+    paper's plain decoding."""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise InputError(f"repetition penalty must be a positive number, got {self.repetition_penalty}",
+                             "e.g. --repetition-penalty 1.15 (1 = none)")
 
 
 def format_prompts(tokenizer: Any, prompts: list[str], chat: bool) -> list[str]:
@@ -164,6 +173,8 @@ def generate(lm: Any, prompts: list[str], cfg: GenerationConfig) -> list[str]:
     torch.manual_seed(cfg.seed)
     kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tok.pad_token_id,
                               "do_sample": cfg.sample}
+    if cfg.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = cfg.repetition_penalty
     if cfg.sample:
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
     else:

@@ -116,6 +116,30 @@ def test_generation_and_sweep(tiny_models, monkeypatch):
         generate(lm, [""], cfg)
 
 
+def test_repetition_penalty_is_transformers_own(tiny_models):
+    """generate() with a penalty equals transformers' generate with ``repetition_penalty`` (the reference, called
+    here by hand), differs from plain greedy decoding (so the comparison can fail), and 1 passes nothing."""
+    lm = load_model(str(tiny_models["llama"]))
+    prompts = ["The dog", "A cat sat on"]
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+
+    def reference(**extra):
+        out = lm.model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
+                                temperature=None, top_p=None, top_k=None, **extra)
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    plain = generate(lm, prompts, GenerationConfig(max_new_tokens=12, chat=False))
+    penalised = generate(lm, prompts, GenerationConfig(max_new_tokens=12, chat=False, repetition_penalty=3.0))
+    assert plain == reference() and penalised == reference(repetition_penalty=3.0)
+    assert penalised != plain
+    assert generate(lm, prompts, GenerationConfig(max_new_tokens=12, chat=False, repetition_penalty=1.0)) == plain
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="repetition penalty must be a positive number"):
+            GenerationConfig(repetition_penalty=bad)
+
+
 def test_concept_vectors_and_missing_layers(aligned):
     atlas, fits = aligned
     q = query_from_features("3,7", atlas)
@@ -201,6 +225,15 @@ def test_steer_cli_defaults_state_unit_layers_and_template(aligned, tiny_models,
         assert json.loads(capsys.readouterr().out)["prompts"] == [DEFAULT_PROMPTS[mode]]
     for bad in (["--lambda", ""], ["--lambda", "0,10"], ["--lambda", "x"]):
         assert main(["steer", "--features", "3", "--prompt", "Hi", *bad]) == 2
+    # decoding: greedy with atlas steer's repetition penalty unless told otherwise; --repetition-penalty 1 is plain
+    from atlascli.steer_run import REPETITION_PENALTY
+
+    assert out["repetition_penalty"] == REPETITION_PENALTY and out["sample"] is False
+    assert main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3", "--repetition-penalty", "1",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["repetition_penalty"] == 1.0
+    assert main(["steer", "--features", "3", "--prompt", "Hi", "--max-new-tokens", "3"]) == 0
+    assert f"greedy, repetition penalty {REPETITION_PENALTY:g}" in capsys.readouterr().out
 
 
 def test_steer_prefers_the_residual_stream_and_search_the_neurons(aligned, tiny_models, capsys):
@@ -281,7 +314,8 @@ def test_steer_refuses_bad_input_before_any_model_loads(aligned, capsys, monkeyp
              ("--method", "bogus"): "unknown method 'bogus'", ("--layers", "3"): r"fitted layers: 2",
              ("--layers", "2,9"): r"layer 9 is out of range for .* \(4 layers\)",
              ("--subject", "nosuch"): "fitted subjects: ", ("--device", "tpu"): "unknown device 'tpu'",
-             ("--concept", "dogs"): "both --concept and --features"}
+             ("--concept", "dogs"): "both --concept and --features",
+             ("--repetition-penalty", "0"): "repetition penalty must be a positive number"}
     for args, message in cases.items():
         code = main(["steer", "--features", "3", *args])
         out = capsys.readouterr()

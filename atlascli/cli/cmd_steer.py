@@ -38,6 +38,9 @@ def steer_cmd(
     random_dir: bool = typer.Option(False, "--random", help="Also steer along a random direction of the same norm."),
     seed: int = typer.Option(0, help="Seed of sampling and of --random."),
     sample: bool = typer.Option(False, "--sample/--greedy", help="Sample or decode greedily."),
+    repetition_penalty: float | None = typer.Option(None, help="Penalty on tokens already in the text (CTRL's; "
+                                                    "default 1.15; 1 = none, the paper's decoding): steered text "
+                                                    "otherwise often loops."),
     chat: bool | None = typer.Option(None, "--chat/--raw", help="Apply the chat template (default: when the model "
                                                                  "has one) or continue the raw prompt."),
     route: str = typer.Option("auto", help="How a text concept becomes a query: auto, examples, labels."),
@@ -72,6 +75,7 @@ def steer_cmd(
     cfg = SteerConfig(lambdas=tuple(lams), unit=unit, layers=parse_ints(layers, "layers") if layers else (),
                       subject=subject, method=method, site=site, pooling=pooling, random=random_dir, chat=chat,
                       max_new_tokens=max_new_tokens,
+                      **({} if repetition_penalty is None else {"repetition_penalty": repetition_penalty}),
                       sample=sample, seed=seed, default_prompt=prompts is None and not prompt, device=device,
                       dtype=dtype, trust_remote_code=trust_remote_code)
     reg = Registry()
@@ -88,6 +92,7 @@ def steer_cmd(
                    "pooling": res.pooling, "word_hits": res.word_hits,
                    "fitted_not_steered": res.not_steered,
                    "method": method, "unit": res.unit, "lambda_source": res.lambda_source, "chat": res.chat,
+                   "sample": sample, "repetition_penalty": cfg.repetition_penalty,
                    "query": {"source": query.source, "matches": query.matches, "examples": query.examples,
                              "note": query.note},
                    "multipliers": {str(k): v for k, v in res.multipliers.items()},
@@ -108,7 +113,10 @@ def steer_cmd(
     console.print(f"steering {res.subject} layers {res.layers}{default}"
                   + f" at {res.site} ({method}{POOLING_TEXT.get(res.pooling, '')}); lambda in{unit_text}"
                   + (f"; lambda from {res.lambda_source}" if res.lambda_source != "given" else "")
-                  + ("; chat template" if res.chat else "; raw prompt"), highlight=False)
+                  + ("; chat template" if res.chat else "; raw prompt")
+                  + ("; sampled" if sample else "; greedy")
+                  + (f", repetition penalty {cfg.repetition_penalty:g}" if cfg.repetition_penalty != 1 else ""),
+                  highlight=False)
     if res.word_hits is not None:
         text = f"'{res.query.text}'" if res.query.text else "the query"
         found = (f"{text} where it occurs in them ({res.word_hits} words)" if res.word_hits
