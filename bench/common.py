@@ -85,3 +85,18 @@ def demo_alignments(method: str = "procrustes") -> tuple[Any, Any, list[Any]]:
     if not found:
         sys.exit(f"no {method} alignment in the registry: run `make demo` first")
     return reg, atlas, found
+
+
+def steering_setup() -> tuple[Any, Any, str, str, Any, list[int]]:
+    """What `atlas steer` would steer on the registry: registry, latest atlas, subject, steering site, the loaded
+    subject and the default steering layers (the benchmarks that steer as `atlas steer` does)."""
+    from atlascli.atlas import resolve_atlas
+    from atlascli.models import load_model
+    from atlascli.registry import Registry
+    from atlascli.steer_run import default_layers, fitted_layers
+
+    reg = Registry()
+    atlas = resolve_atlas(None, reg)
+    subject, site, fitted = fitted_layers(reg, atlas, None, "procrustes")
+    lm = load_model(subject)
+    return reg, atlas, subject, site, lm, default_layers(fitted, lm.n_layers, site)

@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write  # noqa: E402
+from common import steering_setup, write  # noqa: E402
 from concepts import PROMPTS  # noqa: E402
 
 CONCEPTS = "London:london;Paris:paris;dogs and cats:dog;the ocean and ships:ocean;chess:chess;volcanoes:volcan;" \
@@ -56,13 +56,9 @@ def pooled(lm: Any, sentences: list[str], layers: list[int], site: str) -> dict[
 def main() -> None:
     import torch
 
-    from atlascli.atlas import resolve_atlas
     from atlascli.corpus import load_split
     from atlascli.embed import embed
-    from atlascli.models import load_model
-    from atlascli.registry import Registry
     from atlascli.search import query_from_text
-    from atlascli.steer_run import default_layers, fitted_layers
     from atlascli.steering import (
         GenerationConfig,
         generate,
@@ -82,11 +78,7 @@ def main() -> None:
     ap.add_argument("--out", default="mentions")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    reg = Registry()
-    atlas = resolve_atlas(None, reg)
-    subject, site, fitted = fitted_layers(reg, atlas, None, "procrustes")
-    lm = load_model(subject)
-    layers = default_layers(fitted, lm.n_layers, site)
+    reg, atlas, subject, site, lm, layers = steering_setup()
     train = load_split(reg.get(atlas.artifact.provenance["dataset"], "dataset"), "train")
     label_emb = atlas.examples["embeddings"].float()
     gen = torch.Generator().manual_seed(0)

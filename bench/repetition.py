@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write  # noqa: E402
+from common import steering_setup, write  # noqa: E402
 from concepts import PROMPTS  # noqa: E402
 from word_steer import STEER_PROMPT, UNSEEN, names  # noqa: E402
 
@@ -40,13 +40,9 @@ def repeated_trigrams(text: str) -> float:
 def main() -> None:
     import snowballstemmer
 
-    from atlascli.atlas import resolve_atlas
     from atlascli.atlas.labels import stop_words
     from atlascli.embed import embed
-    from atlascli.models import load_model
-    from atlascli.registry import Registry
     from atlascli.search import query_from_text
-    from atlascli.steer_run import default_layers, fitted_layers
     from atlascli.steering import GenerationConfig, generate, norm_reference, site_norms, steer_vectors, steering
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,11 +53,7 @@ def main() -> None:
     ap.add_argument("--out", default="repetition")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    reg = Registry()
-    atlas = resolve_atlas(None, reg)
-    subject, site, fitted = fitted_layers(reg, atlas, None, "procrustes")
-    lm = load_model(subject)
-    layers = default_layers(fitted, lm.n_layers, site)
+    reg, atlas, subject, site, lm, layers = steering_setup()
     prompts = [STEER_PROMPT, *PROMPTS]
     norms = site_norms(lm, site, layers, prompts, chat=True)
     mult = {layer: args.lam / norm_reference(site) * norms[layer] for layer in layers}
