@@ -13,14 +13,14 @@ from atlascli.registry import Registry
 from atlascli.search import ConceptQuery
 
 DEFAULT_LAMBDA = 35.0
+"""Default strength (the paper's number for London): in the ``norm`` unit, a vector as long as a typical token of
+each steered layer."""
 REPETITION_PENALTY = 1.15
 """`atlas steer`'s default repetition penalty. Steering at the default strength otherwise sends SmolLM2 into loops ("The
 Last Eel: A.A.A.A.A.A…"). Chosen on 12 concepts x 7 prompts (resid 6, 9, lambda 35): 22% of the steered word trigrams
 repeated an earlier one (unsteered 1.7%), 0.4% at 1.15 and 0.2% at 1.3, naming the concept as often (35, 37, 36 of 84).
 Held out (`bench/repetition.py`, 25 other concepts): 17% -> 0.2% repeats, named 54 -> 72 of 175, MiniLM cosine to the
 concept 0.288 -> 0.322. `atlas evaluate` and the other benchmarks keep the paper's plain greedy decoding."""
-"""Default strength (the paper's number for London): in the ``norm`` unit, a vector as long as a typical token of
-each steered layer."""
 
 DEFAULT_PROMPTS = {"chat": "Tell me a short story.", "raw": "Sure, I always have a joke ready! Here is one:"}
 """The prompt when none is given: an open request for a chat model (the paper's joke prompt, sent as a user turn,

@@ -179,8 +179,9 @@ def main() -> None:
             sdirs["atlas"], used, row["word_hits"] = steer_vectors(q, reg, atlas, subject, steer_layers, "procrustes",
                                                                    steer_site, args.pooling)
             row["steer_pooling"] = {str(a.provenance["layer"]): "word" if is_word_pooled(a) else "max" for a in used}
+            word_steered = any(is_word_pooled(a) for a in used)  # then also the paper's T, in the same run
             for layer in steer_layers:
-                if any(is_word_pooled(a) for a in used):
+                if word_steered:
                     sdirs["atlas_max"][layer] = subject_similarity(q, steer_fits[layer])
                 if steer_acts.get(layer) is not None:
                     fa = steer_acts[layer]

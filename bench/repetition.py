@@ -69,6 +69,7 @@ def main() -> None:
     for rp in [float(x) for x in args.penalties.split(",") if x]:
         cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, chat=True, repetition_penalty=rp)
         unsteered = generate(lm, prompts, cfg)
+        unsteered_emb = embed(unsteered)
         reps, named, cos = [], 0, []
         base_cos = []
         for name in concepts:
@@ -82,7 +83,7 @@ def main() -> None:
             reps += [repeated_trigrams(t) for t in out]
             named += row["named"]
             cos.append(row["cos"])
-            base_cos.append(float((embed(unsteered) @ concept).mean()))
+            base_cos.append(float((unsteered_emb @ concept).mean()))
             print(f"{rp:5g} {name:24s} named {row['named']} cos {row['cos']:.3f} rep {row['repeated_trigrams']:.3f} "
                   f"| {out[0][:90]!r}", flush=True)
         summary[str(rp)] = {"named": named, "of": len(concepts) * len(prompts),
