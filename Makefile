@@ -49,11 +49,12 @@ bench: setup
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/hub.py --rounds 7
 	$(BIN)/python bench/distributed.py
-	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py --out concepts_demo_resid   # these five need `make demo`
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/concepts.py --out concepts_demo_resid   # these six need `make demo`
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/steer_sweep.py --layer-sets 6,9 --concepts all --out steer_sweep_resid
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/read.py --out read_demo
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/mentions.py --out mentions
 	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/word_steer.py
+	ATLAS_HOME=$(DEMO_HOME) $(BIN)/python bench/strength.py --set unseen --out strength_unseen_check
 
 lint: setup
 	$(BIN)/ruff check atlascli tests bench scripts examples

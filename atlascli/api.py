@@ -110,7 +110,7 @@ def steering(model: Any, concept: str | None = None, *, features: str | None = N
 
     ``strength`` is in ``unit``: ``norm`` = `atlas steer`'s unit, relative to each layer's median token norm
     (measured once on a few calibration sentences with ``tokenizer``, or the model's own tokenizer; 35, the
-    default, adds :data:`atlascli.steering.NORM_REFERENCE`'s share of it: the whole norm at MLP neurons, 17% on the
+    default, adds :data:`atlascli.steering.NORM_REFERENCE`'s share of it: the whole norm at MLP neurons, 22% on the
     residual stream), ``absolute`` = the paper's lambda.
     ``subject`` picks the alignments (default: the newest subject whose width matches the model); ``site`` the
     fitted site to steer (default: the residual stream when fitted, see :data:`atlascli.sites.STEER_SITES`).

@@ -14,13 +14,14 @@ from atlascli.search import ConceptQuery
 
 DEFAULT_LAMBDA = 35.0
 """Default strength (the paper's number for London): in the ``norm`` unit, a vector as long as a typical token of
-each steered layer."""
+each steered layer at MLP neurons, 22% of one on the residual stream (:data:`atlascli.steering.NORM_REFERENCE`)."""
 REPETITION_PENALTY = 1.15
 """`atlas steer`'s default repetition penalty. Steering at the default strength otherwise sends SmolLM2 into loops ("The
-Last Eel: A.A.A.A.A.A…"). Chosen on 12 concepts x 7 prompts (resid 6, 9, lambda 35): 22% of the steered word trigrams
-repeated an earlier one (unsteered 1.7%), 0.4% at 1.15 and 0.2% at 1.3, naming the concept as often (35, 37, 36 of 84).
-Held out (`bench/repetition.py`, 25 other concepts): 17% -> 0.2% repeats, named 54 -> 72 of 175, MiniLM cosine to the
-concept 0.288 -> 0.322. `atlas evaluate` and the other benchmarks keep the paper's plain greedy decoding."""
+Last Eel: A.A.A.A.A.A…"). Chosen on 12 concepts x 7 prompts (resid 6, 9, lambda 35, then 17% of the norm): 22% of the
+steered word trigrams repeated an earlier one (unsteered 1.7%), 0.4% at 1.15 and 0.2% at 1.3, naming the concept as
+often (35, 37, 36 of 84). Held out (`bench/repetition.py`, 25 other concepts): 17% -> 0.2% repeats, named 54 -> 72 of
+175, MiniLM cosine to the concept 0.288 -> 0.322. `atlas evaluate` and the other benchmarks keep the paper's plain
+greedy decoding."""
 
 DEFAULT_PROMPTS = {"chat": "Tell me a short story.", "raw": "Sure, I always have a joke ready! Here is one:"}
 """The prompt when none is given: an open request for a chat model (the paper's joke prompt, sent as a user turn,
@@ -32,9 +33,9 @@ STEER_DEPTH = {"mlp": (0.1, 0.85), "mlp_out": (0.15, 0.35), "resid": (0.15, 0.35
 3, 12, 19, 25 beat 3, 12, 19 on 30 tuning concepts (atlas wins 77% vs 60%) and on 20 held-out ones (65% vs 60%), at a
 small fluency cost (NLL of the text under the unsteered model 1.50 vs 1.38 nats/token); the last layers mostly change
 the next-token distribution. The residual stream (the default steering site when fitted, lambda 35 = 17% of the token
-norm): layers 6 and 9 moved 93% of the tuning concepts at NLL 1.55, layer 6 alone 57% (NLL 1.16); adding layer 3 cost
-fluency (NLL 2.4 at 23%). Early-middle layers are also where the steering-vector literature (ActAdd, CAA) finds
-residual steering works."""
+norm then; 22% since bench/strength.py): layers 6 and 9 moved 93% of the tuning concepts at NLL 1.55, layer 6 alone 57%
+(NLL 1.16); adding layer 3 cost fluency (NLL 2.4 at 23%). Early-middle layers are also where the steering-vector
+literature (ActAdd, CAA) finds residual steering works."""
 
 STEER_AT = {"mlp": (0.1, 0.4, 0.63, 0.83), "mlp_out": (0.2, 0.3), "resid": (0.2, 0.3)}
 """The depths (fractions of the model's depth) lambda was calibrated at: SmolLM2-135M's MLP layers 3, 12, 19, 25 and
