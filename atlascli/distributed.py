@@ -54,6 +54,8 @@ SINGLE = World(0, 1, 0, 1, None)
 """A run without a launcher."""
 
 _WORLD: World | None = None
+_JOINED = False
+"""Whether this process joined a process group (then :func:`finish` ends it without the interpreter's teardown)."""
 
 
 def _int(env: Mapping[str, str], name: str) -> int | None:
@@ -130,6 +132,8 @@ def world(device: str = "cpu") -> World:
     dist.init_process_group(backend=backend, init_method="env://", rank=found.rank, world_size=found.size,
                             timeout=timeout)
     atexit.register(_leave)
+    global _JOINED
+    _JOINED = True
     _WORLD = World(found.rank, found.size, found.local_rank, found.local_size, backend)
     return _WORLD
 
@@ -158,6 +162,33 @@ def reset(together: bool = False) -> None:
     global _WORLD
     _WORLD = None
     _leave(together)
+
+
+def joined() -> bool:
+    """Whether this process joined a multi-process group (a torchrun / accelerate rank)."""
+    return _JOINED
+
+
+def finish(code: int = 0) -> None:
+    """End a multi-process run's process: leave together (:func:`reset`), flush, and exit with ``code`` at once,
+    without the interpreter's teardown. That teardown is where a gloo rank could still abort after its work was done
+    and the group left (std::terminate, "terminate called without an active exception", exit status -6): twice more
+    in two-rank tests after the barrier of :func:`reset` (one full `make test` run alone, one under CPU contention).
+    Every artifact is committed by then (atomic renames), so nothing of the run's is lost. Returns (does nothing) in
+    a process that never joined a group, e.g. a one-process run or a test calling the CLI in-process."""
+    if not _JOINED:
+        return
+    import logging
+    import sys
+
+    reset(together=True)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe: nothing left to say
+            pass
+    os._exit(code)
 
 
 def barrier() -> None:

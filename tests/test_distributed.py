@@ -82,8 +82,8 @@ def progress(done, total, tokens):
 art = extract(ExtractConfig(model=model, layers=(1, 2), site="mlp", dataset="tiny", limit=90, shard_size=16,
                             batch_tokens=48), progress=progress)
 print(json.dumps({"id": art.id}))
-from atlascli.distributed import reset
-reset(together=True)  # how a library user ends a multi-process run
+from atlascli.distributed import finish as end_run
+end_run()  # how a library user ends a multi-process run
 """
 
 FIT = HEAD + """
@@ -113,8 +113,8 @@ if w.main:
                      for m, f in fitter.fitters.items()})
 print(json.dumps({"said": said, "alignments": [a.id for a in arts], "subject": subject.artifact.id,
                   "atlas": atlas.artifact.id}))
-from atlascli.distributed import reset
-reset(together=True)  # how a library user ends a multi-process run
+from atlascli.distributed import finish as end_run
+end_run()  # how a library user ends a multi-process run
 """
 
 
@@ -359,3 +359,18 @@ def test_leaving_together_survives_a_peer_that_left_already(monkeypatch):
     calls.clear()
     distributed.reset()  # after an error: no barrier
     assert calls == ["destroy"]
+
+
+def test_finish_exits_a_rank_at_once_and_leaves_a_single_process_alone(monkeypatch):
+    """A rank that joined a group leaves together, flushes and exits with its code without the interpreter's teardown
+    (where gloo could still abort); a process that never joined (one-process run, in-process CLI tests) goes on."""
+    from atlascli import distributed
+
+    calls: list[object] = []
+    monkeypatch.setattr(distributed, "reset", lambda together=False: calls.append(("reset", together)))
+    monkeypatch.setattr(distributed.os, "_exit", lambda code: calls.append(("exit", code)))
+    distributed.finish(3)
+    assert calls == []  # never joined: nothing happens, the caller goes on
+    monkeypatch.setattr(distributed, "_JOINED", True)
+    distributed.finish(3)
+    assert calls == [("reset", True), ("exit", 3)]

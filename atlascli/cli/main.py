@@ -118,5 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def entry() -> None:
+    """The `atlas` command and `python -m atlascli`: :func:`main`, then exit with its code; a torchrun / accelerate
+    rank exits at once, without the interpreter's teardown (:func:`atlascli.distributed.finish`)."""
+    code = main()
+    if "torch.distributed" in sys.modules:
+        from atlascli.distributed import finish
+
+        finish(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
