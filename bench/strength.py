@@ -15,14 +15,16 @@ exactly as `atlas steer` does (steering.steer_vectors, the default layers, penal
   atlas's foundation (Gemma 3 270M: a model that neither wrote the text nor saw the prompt), the unsteered text's own
   as the reference for both; and the share of repeated word trigrams.
 
-Concepts: ``--set design`` is bench/concepts.py's 30 without London (the share was chosen on these: the one naming
-the concept most often; London is the issue's test and stayed out of the choice), ``--set unseen`` is
+Concepts: ``--set design`` is bench/concepts.py's 30 without London (the share was chosen on these: the one naming the
+concept most often; London is the issue's test and stayed out of the choice), ``--set unseen`` is
 bench/word_steer.py's UNSEEN 24 (the held-out check), ``--set london`` is London alone. ``--lambdas`` are in the
-current unit (each summary row records its share of the norm). The results in bench/results were measured in the
-17% unit: ``--lambdas 35,40,45,50`` were 17, 19, 22, 24% (in today's 22% unit: 27, 31, 35, 39).
-strength_design.json was written by the first version of this file, which kept one text per concept and strength
-(``sample``) and measured no fnll; its summary is complete otherwise. Writes bench/results/strength_<set>.json
-(``--out``). Needs the demo registry (`make demo`).
+current unit (each summary row records its share of the norm). strength_design.json and strength_unseen.json were
+measured in the 17% unit: ``--lambdas 35,40,45,50`` were 17, 19, 22, 24% (in today's 22% unit: 27, 31, 35, 39).
+strength_design.json and strength_unseen.json were measured on a registry whose newest word fit had a BOS token put
+before each subject sentence (an experiment, not shipped: 21,010 pairs instead of 20,520); the shipped fit was checked
+at 22% on a fresh `make demo` registry (README). strength_design.json was written by the first version of this file,
+which kept one text per concept and strength (``sample``) and measured no fnll; its summary is complete otherwise.
+Writes bench/results/strength_<set>.json (``--out``). Needs the demo registry (`make demo`).
 """
 
 from __future__ import annotations
