@@ -164,11 +164,6 @@ def reset(together: bool = False) -> None:
     _leave(together)
 
 
-def joined() -> bool:
-    """Whether this process joined a multi-process group (a torchrun / accelerate rank)."""
-    return _JOINED
-
-
 def finish(code: int = 0) -> None:
     """End a multi-process run's process: leave together (:func:`reset`), flush, and exit with ``code`` at once,
     without the interpreter's teardown. That teardown is where a gloo rank could still abort after its work was done

@@ -19,8 +19,8 @@ Concepts: ``--set design`` is bench/concepts.py's 30 without London (the share w
 concept most often; London is the issue's test and stayed out of the choice), ``--set unseen`` is
 bench/word_steer.py's UNSEEN 24 (the held-out check), ``--set london`` is London alone. ``--lambdas`` are in the
 current unit (each summary row records its share of the norm). strength_design.json and strength_unseen.json were
-measured in the 17% unit: ``--lambdas 35,40,45,50`` were 17, 19, 22, 24% (in today's 22% unit: 27, 31, 35, 39).
-strength_design.json and strength_unseen.json were measured on a registry whose newest word fit had a BOS token put
+measured in the 17% unit (``--lambdas 35,40,45,50`` were 17, 19, 22, 24%; in today's 22% unit: 27, 31, 35, 39), on a
+registry whose newest word fit had a BOS token put
 before each subject sentence (an experiment, not shipped: 21,010 pairs instead of 20,520); the shipped fit was checked
 at 22% on a fresh `make demo` registry (README). strength_design.json was written by the first version of this file,
 which kept one text per concept and strength (``sample``) and measured no fnll; its summary is complete otherwise.
@@ -71,8 +71,10 @@ SETS = {"design": [c for c in CONCEPTS if c.lower() != "london"], "unseen": UNSE
 def main() -> None:
     import snowballstemmer
 
+    from atlascli.atlas.build import atlas_dtype
     from atlascli.atlas.labels import stop_words
     from atlascli.embed import embed
+    from atlascli.pinned import load_foundation
     from atlascli.search import query_from_text
     from atlascli.steer_run import REPETITION_PENALTY
     from atlascli.steering import (
@@ -93,9 +95,6 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     reg, atlas, subject, site, lm, layers = steering_setup()
-    from atlascli.atlas.build import atlas_dtype
-    from atlascli.pinned import load_foundation
-
     judge = load_foundation(atlas, "cpu", dtype=atlas_dtype(atlas.artifact.provenance))
     prompts = [STEER_PROMPT, *PROMPTS]
     norms = site_norms(lm, site, layers, prompts, chat=True)
